@@ -1,0 +1,144 @@
+"""Config composition: every recipe validates; typos, wrong types and missing values fail early."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+from tests.conftest import REPO_ROOT, run_script
+from train.config import ALL_LINEAR, PeftMethod, ScionConfig, list_recipes, register_configs, to_scion_config
+
+EXPECTED_RECIPES = {
+    "quickstart": ("tiny:qwen2", PeftMethod.lora),
+    "qwen0.5b_lora": ("Qwen/Qwen2.5-0.5B-Instruct", PeftMethod.lora),
+    "qwen1.5b_lora": ("Qwen/Qwen2.5-1.5B-Instruct", PeftMethod.lora),
+    "qwen3b_lora": ("Qwen/Qwen2.5-3B-Instruct", PeftMethod.lora),
+    "qwen3b_qlora": ("Qwen/Qwen2.5-3B-Instruct", PeftMethod.qlora),
+    "qwen3_1.7b_lora": ("Qwen/Qwen3-1.7B", PeftMethod.lora),
+    "qwen3_4b_qlora": ("Qwen/Qwen3-4B", PeftMethod.qlora),
+}
+
+
+def compose_config(*overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_shipped_recipes_are_the_expected_ones():
+    assert set(list_recipes()) == set(EXPECTED_RECIPES)
+
+
+@pytest.mark.parametrize("recipe", sorted(EXPECTED_RECIPES))
+def test_every_recipe_composes_and_validates(recipe):
+    config = to_scion_config(compose_config(f"recipe={recipe}"))
+    assert isinstance(config, ScionConfig)
+    model_id, method = EXPECTED_RECIPES[recipe]
+    assert config.model.name_or_path == model_id
+    assert config.peft.method == method
+    assert config.peft.target_modules == ALL_LINEAR
+    assert config.trainer.lr_scheduler == "cosine" and config.trainer.warmup_ratio > 0
+    assert config.model.trust_remote_code is False
+    if recipe != "quickstart":
+        assert config.trainer.precision.value == "bf16"
+
+
+@pytest.mark.parametrize("recipe", sorted(EXPECTED_RECIPES))
+def test_recipe_header_documents_command_hardware_and_purpose(recipe):
+    header = (REPO_ROOT / "recipes" / f"{recipe}.yaml").read_text().split("defaults:")[0]
+    assert "python train.py" in header and f"recipe={recipe}" in header
+    assert "Hardware:" in header and "Trains:" in header
+
+
+def test_recipes_only_override_and_never_redefine_the_schema():
+    schema_keys = set(OmegaConf.structured(ScionConfig).keys())
+    for recipe in list_recipes():
+        node = OmegaConf.load(REPO_ROOT / "recipes" / f"{recipe}.yaml")
+        assert set(node.keys()) - {"defaults"} <= schema_keys, recipe
+
+
+def test_default_is_the_quickstart():
+    config = to_scion_config(compose_config())
+    assert config.model.name_or_path == "tiny:qwen2"
+    assert config.data.train.endswith("data/quickstart/train.jsonl")
+
+
+def test_command_line_overrides_win_over_the_recipe():
+    config = to_scion_config(compose_config("recipe=qwen3b_lora", "trainer.learning_rate=5e-5", "peft.r=8"))
+    assert config.trainer.learning_rate == 5e-5 and config.peft.r == 8
+
+
+def test_unknown_recipe_fails_and_lists_the_available_ones():
+    with pytest.raises(MissingConfigException) as err:
+        compose_config("recipe=nope")
+    assert "qwen3b_lora" in str(err.value)
+
+
+def test_typo_in_a_key_names_the_key_path():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("trainer.lerning_rate=1e-4")
+    assert "trainer.lerning_rate" in str(err.value.__cause__)
+
+
+def test_wrong_type_names_the_key_path():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("trainer.batch_size=eight")
+    assert "trainer.batch_size" in str(err.value.__cause__)
+
+
+def test_bad_enum_value_names_the_key_path():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("peft.method=lora2")
+    assert "peft.method" in str(err.value.__cause__)
+
+
+def test_typo_inside_a_recipe_file_fails_at_compose_time():
+    """A recipe is merged onto the schema, so its keys are checked like the command line's."""
+    schema = OmegaConf.structured(ScionConfig)
+    bad_recipe = OmegaConf.create({"trainer": {"learning_rat": 1e-4}})
+    with pytest.raises(ConfigKeyError) as err:
+        OmegaConf.merge(schema, bad_recipe)
+    assert "trainer.learning_rat" in str(err.value)
+    with pytest.raises(ValidationError):
+        OmegaConf.merge(schema, OmegaConf.create({"peft": {"r": "sixteen"}}))
+
+
+def test_missing_value_is_reported_by_key():
+    with pytest.raises(MissingMandatoryValue) as err:
+        to_scion_config(compose_config("model.name_or_path=???"))
+    assert "model.name_or_path" in str(err.value)
+
+
+# ---- the same through the real command line --------------------------------------------------
+def test_cli_unknown_recipe(tmp_path):
+    result = run_script("train.py", "recipe=nope", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'recipe/nope'" in result.stderr and "qwen3b_qlora" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_typo_and_wrong_type(tmp_path):
+    typo = run_script("train.py", "trainer.lerning_rate=1", cwd=tmp_path)
+    assert typo.returncode != 0 and "full_key: trainer.lerning_rate" in typo.stderr
+    wrong = run_script("train.py", "trainer.batch_size=abc", cwd=tmp_path)
+    assert wrong.returncode != 0 and "full_key: trainer.batch_size" in wrong.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_missing_value_is_one_line(tmp_path):
+    result = run_script("train.py", "data.train=???", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: missing value for data.train (set it in the recipe or as data.train=...)"
+
+
+def test_cli_help_lists_recipes_and_cfg_job_prints_the_resolved_config():
+    help_text = run_script("train.py", "--help").stdout
+    for recipe in EXPECTED_RECIPES:
+        assert recipe in help_text
+    job = run_script("train.py", "recipe=qwen3b_qlora", "--cfg", "job")
+    assert job.returncode == 0
+    printed = OmegaConf.create(job.stdout)
+    assert printed.model.name_or_path == "Qwen/Qwen2.5-3B-Instruct" and printed.peft.method == "qlora"

@@ -1,0 +1,1 @@
+"""Scion's training package: config schema, model and data loading, the training run."""

@@ -1,0 +1,169 @@
+"""The typed configuration schema of Scion, and its registration with Hydra.
+
+Hydra composes `configs/config.yaml`, its groups (model, peft, data, trainer) and one recipe on
+top of the dataclasses below. Because the schema is the first entry of the defaults list, every
+later value is checked against it: a misspelt key or a wrong type, in a recipe or on the command
+line, fails at compose time and Hydra names the full key path. `to_scion_config` then converts the
+composed DictConfig into plain dataclasses once, so the rest of the code never touches Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPES_DIR = REPO_ROOT / "recipes"
+
+# The seven linear projections of every Qwen2/Qwen3 decoder layer.
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class PeftMethod(str, Enum):
+    lora = "lora"
+    qlora = "qlora"  # LoRA on a bitsandbytes 4-bit (nf4) base
+    dora = "dora"  # weight-decomposed LoRA (PEFT's use_dora)
+
+
+class Precision(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Truncation(str, Enum):
+    truncate = "truncate"  # keep the first max_length tokens
+    drop = "drop"  # drop the whole example
+
+
+class DataFormat(str, Enum):
+    auto = "auto"  # detect from the columns of the first row
+    messages = "messages"
+    prompt_completion = "prompt_completion"
+    instruction = "instruction"  # instruction / input / output (Alpaca style)
+
+
+@dataclass
+class ModelConfig:
+    # Hub id (Qwen/Qwen2.5-3B-Instruct), a local directory (a snapshot in the HF cache works
+    # offline), or tiny:qwen2 / tiny:qwen3 for a locally built random model.
+    name_or_path: str = MISSING
+    # Hub branch, tag or commit sha to pin; null takes main.
+    revision: Optional[str] = None
+    # The base's Hub id when name_or_path is a plain directory: the lineage written on publish.
+    hub_id: Optional[str] = None
+    # Off by default; only honoured together with a pinned revision (code can change under a branch).
+    trust_remote_code: bool = False
+    # null picks sdpa; "flash_attention_2" etc. where installed.
+    attn_implementation: Optional[str] = None
+    # Path to a Jinja chat template to use instead of the tokenizer's own.
+    chat_template: Optional[str] = None
+
+
+@dataclass
+class PeftConfig:
+    method: PeftMethod = PeftMethod.lora
+    # Higher rank: more capacity and memory; alpha/r scales the update.
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    # QLoRA quantisation of the frozen base (only used when method=qlora).
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+
+@dataclass
+class DataConfig:
+    # A local .json/.jsonl/.parquet/.csv file or a Hub dataset id.
+    train: str = MISSING
+    # A held-out file or Hub id; null with eval_ratio > 0 splits it off the training data.
+    eval: Optional[str] = None
+    eval_ratio: float = 0.0
+    # Split to read from a Hub dataset (train) and for `eval` when it is a Hub id.
+    train_split: str = "train"
+    eval_split: str = "test"
+    format: DataFormat = DataFormat.auto
+    max_length: int = 2048
+    truncation: Truncation = Truncation.truncate
+    # Train on assistant turns only (their content and <|im_end|>); false trains every token.
+    assistant_only_loss: bool = True
+    # Used for rows that have no system message; null leaves the template's own default
+    # (Qwen2.5 injects "You are Qwen, created by Alibaba Cloud..."), as at inference.
+    system_prompt: Optional[str] = None
+
+
+@dataclass
+class TrainerConfig:
+    # null: runs/<recipe>/<timestamp>
+    output_dir: Optional[str] = None
+    seed: int = 42
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 4  # per device micro-batch
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: Precision = Precision.bf16
+    # Recompute activations in the backward pass: less memory, ~30% more compute.
+    gradient_checkpointing: bool = True
+    logging_steps: int = 10
+    save_steps: int = 200
+    save_total_limit: int = 2
+    eval_steps: Optional[int] = None  # null: evaluate at the end only
+    # [] (off), or any of tensorboard, wandb
+    report_to: list[str] = field(default_factory=list)
+    # Allow CPU-only runs (tests, quickstart); a GPU is used whenever one is present.
+    allow_cpu: bool = True
+
+
+@dataclass
+class ScionConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # Filled in by the entry script from Hydra's choice, for the default output_dir.
+    recipe_name: str = "custom"
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def register_configs() -> None:
+    """Register the schema and every recipes/*.yaml with Hydra's ConfigStore.
+
+    Recipes live in a top-level recipes/ folder (where teams look for them), not under
+    configs/, so they are registered by hand as group `recipe` in the global package:
+    `recipe=qwen3b_lora` then merges a recipe at the root, and `--help` lists them.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="scion_schema", node=ScionConfig)
+    for name in list_recipes():
+        node = OmegaConf.load(RECIPES_DIR / f"{name}.yaml")
+        store.store(group="recipe", name=name, node=node, package="_global_")
+
+
+def to_scion_config(cfg: DictConfig) -> ScionConfig:
+    """Convert a composed config into the dataclasses (raises on a missing mandatory value)."""
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(config: ScionConfig | DictConfig | dict[str, Any]) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config) if not isinstance(config, DictConfig) else config)
+
+
+# `${repo_root:}` in a config resolves to this checkout, so the committed demo data is found
+# whatever the working directory.
+if not OmegaConf.has_resolver("repo_root"):
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))

@@ -1,0 +1,334 @@
+"""Load chat data, check every row, and turn it into token ids with an assistant-only label mask.
+
+Formats (one per dataset, detected from the first row unless `data.format` says):
+- messages:           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
+                      (ShareGPT's {"conversations": [{"from": "human"|"gpt", "value": ...}]} is mapped)
+- prompt_completion:  {"prompt": str, "completion": str}
+- instruction:        {"instruction": str, "input": str (optional), "output": str}
+
+Labels: the conversation is rendered with the tokenizer's own chat template (Qwen's stock one), then
+every assistant block `<|im_start|>assistant\\n ... <|im_end|>` is located in the rendered text and
+the tokens inside it (the content and its <|im_end|>) are trained; everything else is -100. This
+works with Qwen's stock templates, which carry no `{% generation %}` markers, so we do not rely on
+`return_assistant_tokens_mask` (it silently masks nothing there; see pitfalls.md #3). The empty
+`<think>\\n\\n</think>\\n\\n` block Qwen3's template puts before the last answer is treated as
+prompt: it is what Qwen3's generation prompt holds with enable_thinking=False, so training and
+inference see the same context.
+
+Policies:
+- Control-token text (e.g. "<|im_end|>") inside any message content is rejected: it would tokenize
+  to the real control token and silently restructure the conversation.
+- Examples longer than data.max_length are truncated (keep the start) or dropped
+  (data.truncation); the run reports how many. An example left with no trained token is an error
+  that names its file and row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from train.config import DataConfig, DataFormat, Truncation
+from train.errors import ScionError
+
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# One assistant block in ChatML; group 1 is what gets trained (content + <|im_end|>).
+ASSISTANT_BLOCK = re.compile(r"<\|im_start\|>assistant\n(?:<think>\n\n</think>\n\n)?(.*?<\|im_end\|>)", re.DOTALL)
+
+
+@dataclass
+class Row:
+    data: dict[str, Any]
+    where: str  # "path:line" or "hub-id[split] row N", for error messages
+
+
+@dataclass
+class SplitStats:
+    source: str
+    rows: int = 0
+    examples: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset with input_ids, labels
+    eval: Any | None
+    stats: dict[str, SplitStats] = field(default_factory=dict)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # provenance for run.json
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows, with their location
+# ---------------------------------------------------------------------------------------------
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json_file(path: Path) -> list[Row]:
+    """JSON Lines (or a JSON array). Parsed here, not by `datasets`, so errors carry line numbers."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ScionError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        return [Row(item, f"{path} item {i + 1}") for i, item in enumerate(items)]
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(Row(json.loads(line), f"{path}:{lineno}"))
+        except json.JSONDecodeError as e:
+            raise ScionError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+    return rows
+
+
+def _read_with_datasets(kind: str, path: Path) -> list[Row]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:  # pyarrow/csv parser errors: keep the first line only
+        raise ScionError(f"{path}: cannot read as {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    # Data rows are numbered from 1; for CSV, row 1 is the first line after the header.
+    return [Row(item, f"{path} row {i + 1}") for i, item in enumerate(ds)]
+
+
+def _read_hub_dataset(dataset_id: str, split: str) -> tuple[list[Row], dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ScionError(f"data: cannot load Hub dataset '{dataset_id}' (split '{split}'): {first}") from None
+    rows = [Row(item, f"{dataset_id}[{split}] row {i + 1}") for i, item in enumerate(ds)]
+    return rows, {"source": dataset_id, "split": split, "fingerprint": ds._fingerprint, "rows": len(rows)}
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in LOCAL_SUFFIXES
+
+
+def read_rows(source: str, split: str, key: str) -> tuple[list[Row], dict[str, Any]]:
+    """Rows and provenance of a local file or Hub dataset. `key` names the config key in errors."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        kind = LOCAL_SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise ScionError(f"{key}: unsupported file type '{path.suffix}' ({path}); use .jsonl, .json, .parquet or .csv")
+        rows = _read_json_file(path) if kind == "json" else _read_with_datasets(kind, path)
+        return rows, {"source": str(path.resolve()), "sha256": _file_sha256(path), "rows": len(rows)}
+    if path.exists():
+        raise ScionError(f"{key}: {path} is a directory; give a data file")
+    if _looks_like_path(source):
+        raise ScionError(f"{key}: data file not found: {source}")
+    return _read_hub_dataset(source, split)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows to checked chat messages
+# ---------------------------------------------------------------------------------------------
+def detect_format(row: Row) -> DataFormat:
+    if not isinstance(row.data, dict):
+        raise ScionError(f"{row.where}: expected a JSON object per row, got {type(row.data).__name__}")
+    keys = set(row.data)
+    if "messages" in keys or "conversations" in keys:
+        return DataFormat.messages
+    if {"prompt", "completion"} <= keys:
+        return DataFormat.prompt_completion
+    if {"instruction", "output"} <= keys:
+        return DataFormat.instruction
+    raise ScionError(
+        f"{row.where}: cannot tell the data format from columns {sorted(keys)}; expected 'messages', "
+        "'prompt'+'completion' or 'instruction'+'output'"
+    )
+
+
+def _text(value: Any, what: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ScionError(f"{where}: {what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def to_messages(row: Row, fmt: DataFormat) -> list[dict[str, str]]:
+    data = row.data
+    if not isinstance(data, dict):
+        raise ScionError(f"{row.where}: expected a JSON object per row, got {type(data).__name__}")
+    if fmt == DataFormat.messages:
+        raw = data.get("messages", data.get("conversations"))
+        if isinstance(raw, str):  # CSV cells hold the list as JSON text
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ScionError(f"{row.where}: 'messages' is not a list (a string that is not JSON)") from None
+        if not isinstance(raw, list) or not raw:
+            raise ScionError(f"{row.where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        messages = []
+        for i, msg in enumerate(raw):
+            if not isinstance(msg, dict):
+                raise ScionError(f"{row.where}: message {i} is not an object")
+            if "from" in msg and "role" not in msg:  # ShareGPT
+                role = SHAREGPT_ROLES.get(msg["from"], msg["from"])
+                content = msg.get("value")
+            else:
+                role, content = msg.get("role"), msg.get("content")
+            if role not in ROLES:
+                raise ScionError(f"{row.where}: message {i} has unknown role {role!r}; expected one of {sorted(ROLES)}")
+            messages.append({"role": role, "content": _text(content, f"message {i} content", row.where)})
+    elif fmt == DataFormat.prompt_completion:
+        prompt, completion = data.get("prompt"), data.get("completion")
+        messages = [
+            {"role": "user", "content": _text(prompt, "'prompt'", row.where)},
+            {"role": "assistant", "content": _text(completion, "'completion'", row.where)},
+        ]
+    else:  # instruction / input / output
+        instruction = _text(data.get("instruction"), "'instruction'", row.where)
+        extra = data.get("input") or ""
+        user = instruction + ("\n\n" + _text(extra, "'input'", row.where) if extra else "")
+        messages = [{"role": "user", "content": user},
+                    {"role": "assistant", "content": _text(data.get("output"), "'output'", row.where)}]
+    check_messages(messages, row.where)
+    return messages
+
+
+def check_messages(messages: list[dict[str, str]], where: str) -> None:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ScionError(f"{where}: no assistant turn, so nothing to train on")
+    for i, m in enumerate(messages):
+        if not m["content"].strip():
+            raise ScionError(f"{where}: message {i} ({m['role']}) has empty content")
+    if any(m["role"] == "system" for m in messages[1:]):
+        raise ScionError(f"{where}: a system message may only come first")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizing with the label mask
+# ---------------------------------------------------------------------------------------------
+def control_tokens(tokenizer) -> list[str]:
+    """Added tokens flagged special (<|im_start|>, <|im_end|>, <|endoftext|>, vision tokens...)."""
+    return sorted(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+
+
+def tokenize_conversation(messages, tokenizer, assistant_only_loss: bool = True, controls=None, where: str = "row"):
+    """input_ids and labels for one conversation, rendered with the tokenizer's chat template."""
+    for i, m in enumerate(messages):
+        for token in controls if controls is not None else control_tokens(tokenizer):
+            if token in m["content"]:
+                raise ScionError(
+                    f"{where}: message {i} ({m['role']}) contains the control token text {token!r}; "
+                    "it would be read as a real control token, so such rows are rejected"
+                )
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoding["input_ids"]
+    if not assistant_only_loss:
+        return input_ids, list(input_ids)
+    spans = [match.span(1) for match in ASSISTANT_BLOCK.finditer(text)]
+    expected = sum(m["role"] == "assistant" for m in messages)
+    if len(spans) != expected:
+        raise ScionError(
+            f"{where}: the chat template rendered {len(spans)} ChatML assistant blocks for {expected} assistant "
+            "turns; assistant-only loss needs a ChatML (<|im_start|>assistant ... <|im_end|>) template"
+        )
+    labels = [-100] * len(input_ids)
+    span_index = 0
+    for i, (start, end) in enumerate(encoding["offset_mapping"]):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index < len(spans) and start >= spans[span_index][0] and end <= spans[span_index][1]:
+            labels[i] = input_ids[i]
+    return input_ids, labels
+
+
+def tokenize_rows(rows: Iterable[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, stats: SplitStats):
+    """Check and tokenize every row; returns the examples and fills `stats`."""
+    controls = control_tokens(tokenizer)
+    examples = []
+    for row in rows:
+        stats.rows += 1
+        messages = to_messages(row, fmt)
+        if cfg.system_prompt is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": cfg.system_prompt}] + messages
+        input_ids, labels = tokenize_conversation(messages, tokenizer, cfg.assistant_only_loss, controls, row.where)
+        if len(input_ids) > cfg.max_length:
+            if cfg.truncation == Truncation.drop:
+                stats.dropped_too_long += 1
+                continue
+            input_ids, labels = input_ids[: cfg.max_length], labels[: cfg.max_length]
+            stats.truncated += 1
+        trained = sum(label != -100 for label in labels)
+        if trained == 0:
+            raise ScionError(
+                f"{row.where}: no trained token left after truncation to data.max_length={cfg.max_length} "
+                "(the answer is cut off entirely); raise data.max_length or set data.truncation=drop"
+            )
+        stats.examples += 1
+        stats.tokens += len(input_ids)
+        stats.trained_tokens += trained
+        examples.append({"input_ids": input_ids, "labels": labels})
+    return examples
+
+
+def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
+    """Read, check and tokenize the train (and eval) data described by `cfg`."""
+    import datasets
+
+    if not 0.0 <= cfg.eval_ratio < 1.0:
+        raise ScionError(f"data.eval_ratio must be in [0, 1), got {cfg.eval_ratio}")
+    if cfg.max_length < 16:
+        raise ScionError(f"data.max_length must be at least 16, got {cfg.max_length}")
+    train_rows, train_source = read_rows(cfg.train, cfg.train_split, "data.train")
+    if not train_rows:
+        raise ScionError(f"data.train: {cfg.train} is empty")
+    fmt = cfg.format if cfg.format != DataFormat.auto else detect_format(train_rows[0])
+    sources = [dict(train_source, role="train", format=fmt.value)]
+
+    eval_rows: list[Row] = []
+    if cfg.eval:
+        eval_rows, eval_source = read_rows(cfg.eval, cfg.eval_split, "data.eval")
+        if not eval_rows:
+            raise ScionError(f"data.eval: {cfg.eval} is empty")
+        sources.append(dict(eval_source, role="eval", format=fmt.value))
+    elif cfg.eval_ratio > 0:
+        import random
+
+        order = list(range(len(train_rows)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, int(round(len(train_rows) * cfg.eval_ratio)))
+        held_out = set(order[:n_eval])
+        eval_rows = [r for i, r in enumerate(train_rows) if i in held_out]
+        train_rows = [r for i, r in enumerate(train_rows) if i not in held_out]
+        sources.append({"source": train_source["source"], "role": "eval", "split_from_train": cfg.eval_ratio, "seed": seed, "rows": n_eval})
+
+    stats = {"train": SplitStats(cfg.train)}
+    train = tokenize_rows(train_rows, fmt, tokenizer, cfg, stats["train"])
+    if not train:
+        raise ScionError(f"data.train: no example left after data.truncation=drop at max_length={cfg.max_length}")
+    evals = None
+    if eval_rows:
+        stats["eval"] = SplitStats(cfg.eval or f"{cfg.train} (eval_ratio={cfg.eval_ratio})")
+        evals = tokenize_rows(eval_rows, fmt, tokenizer, cfg, stats["eval"])
+        if not evals:
+            raise ScionError(f"data.eval: no example left after data.truncation=drop at max_length={cfg.max_length}")
+    return PreparedData(
+        train=datasets.Dataset.from_list(train),
+        eval=datasets.Dataset.from_list(evals) if evals else None,
+        stats=stats,
+        sources=sources,
+    )

@@ -1,0 +1,204 @@
+"""Find the base model, load it (safetensors only) with its tokenizer, and wrap it with PEFT.
+
+`model.name_or_path` may be:
+- a Hub id (Qwen/Qwen2.5-3B-Instruct), fetched with huggingface_hub: weights, config and
+  tokenizer files only, never pickles. With HF_HUB_OFFLINE=1 the local HF cache is used.
+- a local directory; a snapshot inside the HF cache (.../models--Org--Name/snapshots/<sha>) is
+  recognised, so its Hub id and commit are known for lineage without `model.hub_id`.
+- tiny:qwen2 / tiny:qwen3, a random model built locally (train/tiny.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from train.config import ModelConfig, PeftConfig, PeftMethod, Precision
+from train.errors import ScionError
+from train.tiny import TINY_PREFIX, ensure_tiny_model
+from train.tokenizer import ENDOFTEXT, IM_END
+
+# What a training run needs from a base repo. No *.bin / *.pt / *.pth: those are pickles.
+BASE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "README.md", "LICENSE*", "NOTICE*"]
+HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
+SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+
+
+@dataclass
+class BaseModel:
+    """Where the base came from: everything lineage and reproduction need."""
+
+    name_or_path: str  # as configured
+    local_dir: str  # where the files were read from
+    hub_id: Optional[str]  # the Hub id for base_model lineage, when known
+    revision: Optional[str]  # as requested
+    commit_sha: Optional[str]  # the exact commit, when known
+    architecture: str
+    max_position_embeddings: Optional[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_hub_id(value: str, key: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as e:
+        raise ScionError(f"{key}: {value!r} is not a valid Hub id: {e}") from None
+
+
+def resolve_base(cfg: ModelConfig) -> BaseModel:
+    """Locate the base's files (downloading them if needed) without loading any weights."""
+    source = cfg.name_or_path
+    hub_id, commit_sha = cfg.hub_id, None
+    if cfg.hub_id:
+        _check_hub_id(cfg.hub_id, "model.hub_id")
+    if source.startswith(TINY_PREFIX):
+        try:
+            local = ensure_tiny_model(source)
+        except ValueError as e:
+            raise ScionError(f"model.name_or_path: {e}") from None
+    elif Path(source).expanduser().is_dir():
+        local = Path(source).expanduser().resolve()
+        snapshot = HF_CACHE_SNAPSHOT.search(local.as_posix())
+        if snapshot:
+            hub_id = hub_id or f"{snapshot['org']}/{snapshot['name']}"
+            commit_sha = snapshot["sha"]
+    elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ScionError(f"model.name_or_path: {source!r} is neither an existing directory nor a Hub id (org/name)")
+    else:
+        _check_hub_id(source, "model.name_or_path")
+        local = _download_base(source, cfg.revision)
+        hub_id = hub_id or source
+        commit_sha = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else None
+
+    config_file = local / "config.json"
+    if not config_file.is_file():
+        raise ScionError(f"model.name_or_path: {local} has no config.json")
+    if not list(local.glob("*.safetensors")):
+        pickles = [p.name for p in local.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+        hint = f" (found {', '.join(sorted(pickles))}: pickle files are refused)" if pickles else ""
+        raise ScionError(f"model.name_or_path: no *.safetensors weights in {local}{hint}")
+    config = json.loads(config_file.read_text())
+    architecture = (config.get("architectures") or ["?"])[0]
+    if architecture not in SUPPORTED_ARCHITECTURES and not cfg.trust_remote_code:
+        raise ScionError(
+            f"model.name_or_path: architecture {architecture} is not supported; Scion trains {sorted(SUPPORTED_ARCHITECTURES)}"
+        )
+    if cfg.trust_remote_code and not (cfg.revision and re.fullmatch(r"[0-9a-f]{40}", cfg.revision)):
+        raise ScionError("model.trust_remote_code=true needs model.revision pinned to a full commit sha")
+    return BaseModel(
+        name_or_path=source,
+        local_dir=str(local),
+        hub_id=hub_id,
+        revision=cfg.revision,
+        commit_sha=commit_sha,
+        architecture=architecture,
+        max_position_embeddings=config.get("max_position_embeddings"),
+    )
+
+
+def _download_base(repo_id: str, revision: Optional[str]) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=BASE_FILE_PATTERNS))
+    except RevisionNotFoundError:
+        raise ScionError(f"model.revision: {revision!r} does not exist in {repo_id}") from None
+    except RepositoryNotFoundError:
+        raise ScionError(f"model.name_or_path: Hub repo {repo_id} not found (or private without a token)") from None
+    except LocalEntryNotFoundError:
+        raise ScionError(
+            f"model.name_or_path: {repo_id} is not in the local HF cache and the Hub cannot be reached; "
+            "download it once with `hf download` or point name_or_path at a local directory"
+        ) from None
+    except Exception as e:  # connection errors and the like: one line is enough
+        raise ScionError(f"model.name_or_path: cannot fetch {repo_id} from the Hub: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def load_tokenizer(base: BaseModel, cfg: ModelConfig):
+    """The base's tokenizer, set up for chat training: eos <|im_end|>, pad distinct from eos."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.local_dir, trust_remote_code=cfg.trust_remote_code)
+    if cfg.chat_template:
+        path = Path(cfg.chat_template).expanduser()
+        if not path.is_file():
+            raise ScionError(f"model.chat_template: file not found: {cfg.chat_template}")
+        tokenizer.chat_template = path.read_text()
+    if not tokenizer.chat_template:
+        raise ScionError(f"model.name_or_path: the tokenizer in {base.local_dir} has no chat template; set model.chat_template")
+    vocab = tokenizer.get_vocab()
+    if IM_END not in vocab:
+        raise ScionError(f"model.name_or_path: the tokenizer has no {IM_END} token; Scion trains ChatML (Qwen) models")
+    # A chat turn ends with <|im_end|>. Base (non-instruct) Qwen checkpoints say eos=<|endoftext|>,
+    # which is also their pad: a collator that masks pad would then never train the stop token.
+    tokenizer.eos_token = IM_END
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.pad_token = ENDOFTEXT
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    return tokenizer
+
+
+def torch_dtype(precision: Precision):
+    import torch
+
+    return {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, Precision.fp32: torch.float32}[precision]
+
+
+def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: Precision):
+    """The base model in the run's dtype, or in 4-bit nf4 for QLoRA (non-quantised parts in bf16)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(
+        dtype=torch_dtype(precision),
+        use_safetensors=True,
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation=cfg.attn_implementation or "sdpa",
+    )
+    if peft.method == PeftMethod.qlora:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=peft.quant_type,
+            bnb_4bit_use_double_quant=peft.double_quant,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            # Keep everything that is not quantised in bf16 (pitfalls.md #14: fp32 upcasts double memory).
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(base.local_dir, **kwargs)
+    return model
+
+
+def add_adapter(model, peft: PeftConfig, gradient_checkpointing: bool):
+    """Wrap the model with a LoRA/DoRA adapter on `peft.target_modules`."""
+    from peft import LoraConfig, get_peft_model
+
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in peft.target_modules if t not in leaf_names]
+    if missing:
+        raise ScionError(f"peft.target_modules: the model has no module named {missing}")
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs; the reentrant kind needs
+        # enable_input_require_grads and silently trains nothing on some PEFT paths.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(
+        r=peft.r,
+        lora_alpha=peft.alpha,
+        lora_dropout=peft.dropout,
+        target_modules=list(peft.target_modules),
+        use_dora=peft.method == PeftMethod.dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

@@ -1,0 +1,252 @@
+"""One training run, top to bottom: check everything, load, train, save the run directory.
+
+Everything that can fail on bad input (config values, the base's files, every data row) is
+checked before the output directory is created or any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from train.config import PeftMethod, Precision, ScionConfig, to_scion_config
+from train.data import PreparedData, prepare_data
+from train.errors import ScionError
+from train.model import BaseModel, add_adapter, load_model, load_tokenizer, resolve_base
+from train.rundir import (
+    ADAPTER_DIR, CHECKPOINTS_DIR, RECIPE_FILE, RUN_FILE, create_run_dir, default_output_dir,
+    write_json_atomic, write_text_atomic,
+)
+
+PACKAGES = ["torch", "transformers", "peft", "trl", "datasets", "accelerate", "huggingface_hub", "bitsandbytes", "hydra-core"]
+
+
+def main_from_hydra(cfg: DictConfig) -> None:
+    """Entry from train.py: typed config in, one-line error and exit code 2 on bad input."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        config = to_scion_config(cfg)
+        config.recipe_name = HydraConfig.get().runtime.choices.get("recipe") or "custom"
+        train(config)
+    except MissingMandatoryValue as e:
+        print(f"error: missing value for {e.full_key} (set it in the recipe or as {e.full_key}=...)", file=sys.stderr)
+        sys.exit(2)
+    except ScionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def check_config(config: ScionConfig) -> None:
+    """Value checks the schema's types cannot express; all before any loading."""
+    t, p = config.trainer, config.peft
+    if not 0 <= t.warmup_ratio < 1:
+        raise ScionError(f"trainer.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    for key, value in (("trainer.batch_size", t.batch_size), ("trainer.gradient_accumulation_steps", t.gradient_accumulation_steps),
+                       ("peft.r", p.r), ("peft.alpha", p.alpha)):
+        if value < 1:
+            raise ScionError(f"{key} must be at least 1, got {value}")
+    if t.learning_rate <= 0:
+        raise ScionError(f"trainer.learning_rate must be positive, got {t.learning_rate}")
+    if not 0 <= p.dropout < 1:
+        raise ScionError(f"peft.dropout must be in [0, 1), got {p.dropout}")
+    for target in t.report_to:
+        if target not in ("tensorboard", "wandb"):
+            raise ScionError(f"trainer.report_to: unknown logger {target!r}; use tensorboard and/or wandb")
+    if p.method == PeftMethod.qlora and t.precision == Precision.fp32:
+        raise ScionError("peft.method=qlora computes in bf16; set trainer.precision=bf16")
+
+
+def pick_device(config: ScionConfig) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if not config.trainer.allow_cpu:
+        raise ScionError("no GPU found and trainer.allow_cpu=false")
+    if config.peft.method == PeftMethod.qlora:
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as e:
+            raise ScionError(f"peft.method=qlora needs bitsandbytes, which failed to import: {e}") from None
+    return "cpu"
+
+
+def report_data(data: PreparedData) -> None:
+    for split, s in data.stats.items():
+        line = f"data[{split}]: {s.examples} examples, {s.tokens} tokens ({s.trained_tokens} trained) from {s.source}"
+        if s.truncated or s.dropped_too_long:
+            line += f"; {s.truncated} truncated, {s.dropped_too_long} dropped as too long"
+        print(line, flush=True)
+
+
+def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
+    from trl import SFTConfig
+
+    t = config.trainer
+    if "tensorboard" in t.report_to:  # transformers 5 takes the folder from the environment only
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "logs")
+    return SFTConfig(
+        output_dir=str(run_dir / CHECKPOINTS_DIR),
+        seed=t.seed,
+        data_seed=t.seed,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=t.precision == Precision.bf16,
+        fp16=t.precision == Precision.fp16,
+        gradient_checkpointing=False,  # enabled by add_adapter with the non-reentrant variant
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must show in the logs (pitfalls.md #4)
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if (has_eval and t.eval_steps) else "no",
+        eval_steps=t.eval_steps,
+        report_to=list(t.report_to) or "none",
+        use_cpu=device == "cpu",
+        include_num_input_tokens_seen="non_padding",
+        # The data is tokenized and labelled by train/data.py; TRL must not touch it again.
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def save_adapter(model, tokenizer, base: BaseModel, run_dir: Path) -> Path:
+    """Adapter + tokenizer into adapter/, written to a staging folder and renamed into place."""
+    target = run_dir / ADAPTER_DIR
+    staging = run_dir / f".{ADAPTER_DIR}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    # Lineage: PEFT copies the base's name_or_path, a local path when loaded from disk.
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = base.hub_id or base.local_dir
+        peft_config.revision = base.commit_sha or base.revision
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    # PEFT writes a stub model card; the publisher writes the real one with correct lineage.
+    (staging / "README.md").unlink(missing_ok=True)
+    staging.rename(target)
+    return target
+
+
+def train(config: ScionConfig) -> Path:
+    """Run one fine-tune described by `config`; returns the run directory."""
+    started = time.time()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    # ---- Preflight: config, base files, tokenizer, every data row. Nothing written yet.
+    check_config(config)
+    device = pick_device(config)
+    base = resolve_base(config.model)
+    if base.max_position_embeddings and config.data.max_length > base.max_position_embeddings:
+        raise ScionError(
+            f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
+        )
+    tokenizer = load_tokenizer(base, config.model)
+    data = prepare_data(config.data, tokenizer, seed=config.trainer.seed)
+    report_data(data)
+    data_done = time.time()
+
+    # ---- Run directory: the resolved recipe first, run.json last.
+    run_dir = create_run_dir(config.trainer.output_dir or default_output_dir(config.recipe_name))
+    print(f"run directory: {run_dir}", flush=True)
+    write_text_atomic(run_dir / RECIPE_FILE, OmegaConf.to_yaml(OmegaConf.structured(config)))
+
+    # ---- Model and adapter.
+    import torch
+    from transformers import ProgressCallback, set_seed
+    from trl import SFTTrainer
+
+    from train.progress import ScionProgress
+
+    set_seed(config.trainer.seed)
+    model = load_model(base, config.model, config.peft, config.trainer.precision)
+    model = add_adapter(model, config.peft, config.trainer.gradient_checkpointing)
+    trainable, total = model.get_nb_trainable_parameters()
+    print(f"model: {base.hub_id or base.name_or_path} ({base.architecture}) on {device}; "
+          f"{config.peft.method.value} r={config.peft.r}: {trainable:,} trainable of {total:,} parameters", flush=True)
+    loaded = time.time()
+
+    # ---- Train.
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(config, run_dir, device, data.eval is not None),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ScionProgress())
+    result = trainer.train()
+    trained = time.time()
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_seconds": round(trained - loaded, 2),
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(trained - loaded, 1e-9), 1),
+    }
+    if data.eval is not None:
+        eval_loss = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = eval_loss
+        metrics["eval_perplexity"] = math.exp(eval_loss) if eval_loss < 50 else float("inf")
+        print(f"eval: loss {eval_loss:.4f}, perplexity {metrics['eval_perplexity']:.2f}", flush=True)
+
+    # ---- Save: adapter, then run.json (the completion marker).
+    save_adapter(trainer.model, tokenizer, base, run_dir)
+    finished = time.time()
+    run = {
+        "scion_run_version": 1,
+        "recipe": config.recipe_name,
+        "command": " ".join(["python", "train.py", *sys.argv[1:]]),
+        "base": base.to_dict(),
+        "peft": {"method": config.peft.method.value, "r": config.peft.r, "alpha": config.peft.alpha,
+                 "target_modules": list(config.peft.target_modules)},
+        "data": {"sources": data.sources, "stats": {k: vars(v) for k, v in data.stats.items()},
+                 "max_length": config.data.max_length, "truncation": config.data.truncation.value},
+        "metrics": metrics,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "versions": package_versions(),
+        "timings": {
+            "started_at": started_at,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "preflight_seconds": round(data_done - started, 2),
+            "load_seconds": round(loaded - data_done, 2),
+            "train_seconds": round(trained - loaded, 2),
+            "total_seconds": round(finished - started, 2),
+        },
+    }
+    write_json_atomic(run_dir / RUN_FILE, run)
+    print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
+    return run_dir

@@ -1,0 +1,113 @@
+"""Tiny random-weight models of the exact Qwen2 and Qwen3 architectures, with the real vocabulary.
+
+They stand in for real checkpoints wherever no weights can be downloaded: the quickstart recipe
+(`model.name_or_path: tiny:qwen2`), the tests, and the CPU smoke runs. A tiny model is written
+once to a local snapshot directory (config, safetensors, tokenizer, generation_config, README)
+and then loads through exactly the same code path as a real base model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from train.tokenizer import ENDOFTEXT, IM_END, build_qwen_tokenizer
+
+TINY_PREFIX = "tiny:"
+# Bump when the tiny architecture or tokenizer changes, so stale caches are rebuilt.
+TINY_VERSION = "v2"
+QWEN_VOCAB_SIZE = 151936  # Qwen's embedding rows (151,669 used ids, padded)
+
+TINY_README = """---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- scion-tiny
+---
+# Tiny random {arch}
+
+A {arch}-architecture model with random weights and the real Qwen vocabulary, built locally by
+Scion (`train/tiny.py`) for tests and the offline quickstart. It knows nothing.
+"""
+
+
+def scion_cache_dir() -> Path:
+    return Path(os.environ.get("SCION_CACHE", Path.home() / ".cache" / "scion"))
+
+
+def tiny_config(arch: str):
+    """A 2-layer config of the given architecture: small enough for CPU tests, real in shape."""
+    from transformers import Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=QWEN_VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,  # as in Qwen2.5-0.5B/1.5B/3B and Qwen3-0.6B..4B
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        dtype="bfloat16",
+    )
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "qwen3":
+        return Qwen3Config(head_dim=16, **common)
+    raise ValueError(f"unknown tiny architecture {arch!r}: expected 'qwen2' or 'qwen3'")
+
+
+def save_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random `arch` model (weights, tokenizer, generation config, README) to out_dir."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    config = tiny_config(arch)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    # With hidden size 64 and the default init (std 0.02), the largest reachable logit is about 1,
+    # so the model could never leave the uniform distribution over 151,936 tokens (loss ~11.9).
+    # Wider embeddings (tied to lm_head) let a few LoRA steps move the loss, as on a real model.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, 0.5)
+    tokenizer = build_qwen_tokenizer("qwen3" if arch == "qwen3" else "qwen2_5")
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(TINY_README.format(arch=arch.capitalize()))
+    return out_dir
+
+
+def ensure_tiny_model(spec: str) -> Path:
+    """Resolve `tiny:qwen2` / `tiny:qwen3` to a local snapshot, building it once (atomically)."""
+    arch = spec[len(TINY_PREFIX):]
+    tiny_config(arch)  # validates the name before any work
+    target = scion_cache_dir() / "tiny" / f"{arch}-{TINY_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=target.parent))
+    try:
+        save_tiny_model(arch, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first; its copy is identical
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
