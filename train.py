@@ -4,19 +4,23 @@
     python train.py recipe=qwen3b_lora data.train=my_chats.jsonl
     python train.py recipe=qwen3b_qlora --cfg job # print the resolved config
     python train.py --help                        # list recipes and config groups
+    python train.py recipe=runs/quickstart/<time>/recipe.yaml   # re-run a saved run
 
 This file is only the Hydra entry point; the work happens in the `train/` package
 (train/run.py). `import train` below resolves to that package, not to this script: Python
 prefers a package over a module of the same name on the same path entry.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from train.config import register_configs
+from train.config import register_configs, register_recipe_file
 from train.run import main_from_hydra
 
 register_configs()
+sys.argv[1:] = register_recipe_file(sys.argv[1:])
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")

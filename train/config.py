@@ -154,6 +154,33 @@ def register_configs() -> None:
         store.store(group="recipe", name=name, node=node, package="_global_")
 
 
+# Recipes given as a file path on the command line, registered under a generated name.
+FILE_RECIPES: set[str] = set()
+
+
+def register_recipe_file(argv: list[str]) -> list[str]:
+    """Let `recipe=<path>.yaml` (e.g. a run's saved recipe.yaml) select a recipe from a file.
+
+    Hydra only selects configs by name, so the file is loaded, registered under a generated
+    name, and the argument is rewritten to that name. Other arguments pass through unchanged.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "recipe" and value.endswith((".yaml", ".yml")):  # shipped recipes are named without it
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise SystemExit(f"error: recipe file not found: {value}")
+            name = f"file_{len(FILE_RECIPES)}_{path.stem}"
+            ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
+            FILE_RECIPES.add(name)
+            arg = f"recipe={name}"
+        out.append(arg)
+    return out
+
+
 def to_scion_config(cfg: DictConfig) -> ScionConfig:
     """Convert a composed config into the dataclasses (raises on a missing mandatory value)."""
     return OmegaConf.to_object(cfg)

@@ -12,6 +12,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from train.config import PeftMethod, Precision, ScionConfig, to_scion_config
+from train.config import FILE_RECIPES, PeftMethod, Precision, ScionConfig, to_scion_config
 from train.data import PreparedData, prepare_data
 from train.errors import ScionError
 from train.model import BaseModel, add_adapter, load_model, load_tokenizer, resolve_base
@@ -38,7 +39,9 @@ def main_from_hydra(cfg: DictConfig) -> None:
 
     try:
         config = to_scion_config(cfg)
-        config.recipe_name = HydraConfig.get().runtime.choices.get("recipe") or "custom"
+        choice = HydraConfig.get().runtime.choices.get("recipe") or "custom"
+        if choice not in FILE_RECIPES:  # a saved recipe.yaml keeps the name of the run it came from
+            config.recipe_name = choice
         train(config)
     except MissingMandatoryValue as e:
         print(f"error: missing value for {e.full_key} (set it in the recipe or as {e.full_key}=...)", file=sys.stderr)
@@ -159,8 +162,16 @@ def save_adapter(model, tokenizer, base: BaseModel, run_dir: Path) -> Path:
     return target
 
 
-def train(config: ScionConfig) -> Path:
-    """Run one fine-tune described by `config`; returns the run directory."""
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: Any  # the trained PeftModel, still in memory (for evaluation right after training)
+    tokenizer: Any
+    run: dict[str, Any]  # the content of run.json
+
+
+def train(config: ScionConfig) -> TrainResult:
+    """Run one fine-tune described by `config`; returns the run directory and the trained model."""
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -249,4 +260,4 @@ def train(config: ScionConfig) -> Path:
     }
     write_json_atomic(run_dir / RUN_FILE, run)
     print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
-    return run_dir
+    return TrainResult(run_dir=run_dir, model=trainer.model, tokenizer=tokenizer, run=run)

@@ -1,0 +1,183 @@
+"""End-to-end training on the tiny model: the run directory contract, reloading, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO_ROOT, run_script, write_jsonl
+from train.config import DataConfig, ModelConfig, PeftConfig, PeftMethod, Precision, ScionConfig, TrainerConfig
+
+SMALL_TRAIN = REPO_ROOT / "data" / "quickstart" / "train.jsonl"
+SMALL_EVAL = REPO_ROOT / "data" / "quickstart" / "eval.jsonl"
+
+
+def tiny_config(output_dir, method=PeftMethod.lora, steps=3, **trainer) -> ScionConfig:
+    return ScionConfig(
+        model=ModelConfig(name_or_path="tiny:qwen2"),
+        peft=PeftConfig(method=method, r=4, alpha=8, dropout=0.0),
+        data=DataConfig(train=str(SMALL_TRAIN), eval=str(SMALL_EVAL), max_length=128),
+        trainer=TrainerConfig(output_dir=str(output_dir), max_steps=steps, batch_size=4, gradient_accumulation_steps=1,
+                              learning_rate=1e-2, precision=Precision.bf16 if method == PeftMethod.qlora else Precision.fp32,
+                              gradient_checkpointing=False, logging_steps=1, save_steps=2, **trainer),
+        recipe_name="test",
+    )
+
+
+def test_train_py_leaves_a_complete_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = run_script("train.py", "recipe=quickstart", "trainer.max_steps=4", "trainer.save_steps=2",
+                        "trainer.logging_steps=1", f"trainer.output_dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapter = out / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (adapter / name).is_file(), name
+    assert not (adapter / "README.md").exists()
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"] == "quickstart"
+    assert run["base"]["name_or_path"] == "tiny:qwen2" and run["base"]["architecture"] == "Qwen2ForCausalLM"
+    assert run["metrics"]["global_step"] == 4 and run["metrics"]["tokens_seen"] > 0 and "eval_loss" in run["metrics"]
+    train_source = run["data"]["sources"][0]
+    assert train_source["source"] == str(SMALL_TRAIN) and len(train_source["sha256"]) == 64
+    for package in ("torch", "transformers", "peft", "trl", "datasets"):
+        assert package in run["versions"]
+    assert run["timings"]["total_seconds"] > 0
+    # The progress bar shows loss and tokens/s; the data report shows counts.
+    assert "loss=" in result.stderr and "tok/s=" in result.stderr
+    assert "data[train]: 320 examples" in result.stdout
+
+    # recipe.yaml is the full resolved config, and re-running from it works.
+    saved = OmegaConf.load(out / "recipe.yaml")
+    assert saved.model.name_or_path == "tiny:qwen2" and saved.trainer.max_steps == 4 and saved.peft.r == 8
+    assert "${" not in (out / "recipe.yaml").read_text()
+    rerun = run_script("train.py", f"recipe={out / 'recipe.yaml'}", f"trainer.output_dir={tmp_path / 'rerun'}", "--cfg", "job")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert OmegaConf.create(rerun.stdout).trainer.max_steps == 4
+
+
+def test_adapter_loads_back_with_peft_and_gives_the_same_logits(tmp_path, tiny_qwen2_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from train.run import train
+
+    result = train(tiny_config(tmp_path / "run"))
+    trained = result.model.eval()
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "training did not move the adapter"
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, result.run_dir / "adapter").eval()
+    ids = result.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"}],
+                                               add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+        # The adapter matters: without it the logits differ.
+        with reloaded.disable_adapter():
+            assert not torch.allclose(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-3)
+    config = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_qlora_trains_on_a_4bit_base(tmp_path):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    from bitsandbytes.nn import Linear4bit
+
+    from train.run import train
+
+    try:
+        result = train(tiny_config(tmp_path / "run", method=PeftMethod.qlora, steps=2))
+    except (RuntimeError, NotImplementedError) as e:  # builds of bitsandbytes without CPU kernels
+        pytest.skip(f"bitsandbytes 4-bit does not run on this machine: {e}")
+    base = result.model.get_base_model()
+    assert isinstance(base.model.layers[0].self_attn.q_proj.base_layer, Linear4bit)
+    # Non-quantised weights stay bf16 (no fp32 upcast: pitfalls.md #14).
+    assert base.model.norm.weight.dtype == torch.bfloat16
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ([{"messages": [{"role": "user", "content": "hi"}]}], "bad.jsonl:1: no assistant turn"),
+        ([{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}], "bad.jsonl:1: message 0 has unknown role 'robot'"),
+        ([{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}], "bad.jsonl:1: message 0 content must be a string"),
+    ],
+)
+def test_bad_data_is_one_line_exit_2_and_no_run_dir(tmp_path, rows, message):
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    out = tmp_path / "run"
+    result = run_script("train.py", f"data.train={bad}", f"trainer.output_dir={out}", "data.eval=null", cwd=tmp_path)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert not out.exists()
+
+
+def test_missing_data_file_and_empty_dataset(tmp_path):
+    out = tmp_path / "run"
+    missing = run_script("train.py", f"data.train={tmp_path}/nope.jsonl", f"trainer.output_dir={out}", cwd=tmp_path)
+    assert missing.returncode == 2 and "data.train: data file not found" in missing.stderr
+    (tmp_path / "empty.jsonl").write_text("")
+    empty = run_script("train.py", f"data.train={tmp_path}/empty.jsonl", f"trainer.output_dir={out}", cwd=tmp_path)
+    assert empty.returncode == 2 and "is empty" in empty.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+
+
+def test_model_errors_before_loading(tmp_path):
+    from train.errors import ScionError
+    from train.run import train
+
+    config = tiny_config(tmp_path / "a")
+    config.peft.target_modules = ["q_proj", "qkv_proj"]
+    with pytest.raises(ScionError, match=r"peft.target_modules: the model has no module named \['qkv_proj'\]"):
+        train(config)
+    config = tiny_config(tmp_path / "b")
+    config.data.max_length = 10**6
+    with pytest.raises(ScionError, match="data.max_length=1000000 exceeds the model's context of 32768"):
+        train(config)
+    config = tiny_config(tmp_path / "c")
+    config.model.name_or_path = str(tmp_path / "no-model-here")
+    with pytest.raises(ScionError, match="neither an existing directory nor a Hub id"):
+        train(config)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_pickle_only_model_directory_is_refused(tmp_path, tiny_qwen2_dir):
+    import shutil
+
+    from train.errors import ScionError
+    from train.model import resolve_base
+
+    model_dir = tmp_path / "pickled"
+    shutil.copytree(tiny_qwen2_dir, model_dir)
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(ScionError, match=r"no \*.safetensors weights .* pytorch_model.bin: pickle files are refused"):
+        resolve_base(ModelConfig(name_or_path=str(model_dir)))
+
+
+def test_hf_cache_snapshot_gives_hub_id_and_sha_offline(tmp_path, tiny_qwen2_dir, monkeypatch):
+    """A base in the local HF cache loads offline by its Hub id, with its commit recorded."""
+    import shutil
+
+    from train.model import resolve_base
+
+    sha = "a" * 40
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / sha
+    shutil.copytree(tiny_qwen2_dir, snapshot)
+    (cache / "models--Qwen--Qwen2.5-0.5B-Instruct" / "refs").mkdir()
+    (cache / "models--Qwen--Qwen2.5-0.5B-Instruct" / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    by_id = resolve_base(ModelConfig(name_or_path="Qwen/Qwen2.5-0.5B-Instruct"))
+    assert (by_id.hub_id, by_id.commit_sha) == ("Qwen/Qwen2.5-0.5B-Instruct", sha)
+    by_path = resolve_base(ModelConfig(name_or_path=str(snapshot)))
+    assert (by_path.hub_id, by_path.commit_sha) == ("Qwen/Qwen2.5-0.5B-Instruct", sha)
