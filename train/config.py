@@ -125,11 +125,69 @@ class TrainerConfig:
 
 
 @dataclass
+class HarnessConfig:
+    # lm-evaluation-harness task names; [] skips the harness. Offline, tasks whose data is not
+    # available locally are skipped with a one-line reason.
+    tasks: list[str] = field(default_factory=list)
+    # A folder of extra task YAMLs (local tasks with local data).
+    include_path: Optional[str] = None
+    num_fewshot: Optional[int] = None
+    limit: Optional[int] = None  # examples per task; null: all
+
+
+@dataclass
+class EvalConfig:
+    # Evaluate base and fine-tune at the end of train.py.
+    enabled: bool = True
+    # Held-out examples scored (null: all of the eval split).
+    max_examples: Optional[int] = 500
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    # Greedy by default; sampling uses temperature/top_p with the seed below.
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    # Side-by-side generations kept in results and printed.
+    num_samples: int = 5
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
+
+
+class DerivativeKind(str, Enum):
+    adapter = "adapter"  # the PEFT adapter (base_model_relation: adapter)
+    merged = "merged"  # adapter merged into the bf16 base (finetune)
+    gguf = "gguf"  # GGUF of the merged model (quantized)
+
+
+@dataclass
+class PublishConfig:
+    # org/name of the adapter repo; null: do not publish. Other kinds go to <repo_id>-merged and
+    # <repo_id>-GGUF unless named below.
+    repo_id: Optional[str] = None
+    kinds: list[DerivativeKind] = field(default_factory=lambda: [DerivativeKind.adapter])
+    merged_repo_id: Optional[str] = None
+    gguf_repo_id: Optional[str] = None
+    # GGUF types written (f16 plus quantised copies).
+    gguf_types: list[str] = field(default_factory=lambda: ["f16", "q8_0"])
+    private: bool = False
+    # Open a pull request instead of committing to the branch.
+    create_pr: bool = False
+    revision: str = "main"
+    # Print the plan and write the exact upload folders under <run>/publish/<kind>/; upload nothing.
+    dry_run: bool = False
+    # Extra card metadata.
+    language: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ScionConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     # Filled in by the entry script from Hydra's choice, for the default output_dir.
     recipe_name: str = "custom"
 

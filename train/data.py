@@ -262,9 +262,7 @@ def tokenize_rows(rows: Iterable[Row], fmt: DataFormat, tokenizer, cfg: DataConf
     examples = []
     for row in rows:
         stats.rows += 1
-        messages = to_messages(row, fmt)
-        if cfg.system_prompt is not None and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": cfg.system_prompt}] + messages
+        messages = conversation(row, fmt, cfg)
         input_ids, labels = tokenize_conversation(messages, tokenizer, cfg.assistant_only_loss, controls, row.where)
         if len(input_ids) > cfg.max_length:
             if cfg.truncation == Truncation.drop:
@@ -285,14 +283,18 @@ def tokenize_rows(rows: Iterable[Row], fmt: DataFormat, tokenizer, cfg: DataConf
     return examples
 
 
-def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
-    """Read, check and tokenize the train (and eval) data described by `cfg`."""
-    import datasets
+@dataclass
+class SplitRows:
+    train: list[Row]
+    eval: list[Row]
+    format: DataFormat
+    sources: list[dict[str, Any]]
 
+
+def split_rows(cfg: DataConfig, seed: int = 42) -> SplitRows:
+    """The raw train and eval rows described by `cfg` (eval from its own source or a seeded ratio)."""
     if not 0.0 <= cfg.eval_ratio < 1.0:
         raise ScionError(f"data.eval_ratio must be in [0, 1), got {cfg.eval_ratio}")
-    if cfg.max_length < 16:
-        raise ScionError(f"data.max_length must be at least 16, got {cfg.max_length}")
     train_rows, train_source = read_rows(cfg.train, cfg.train_split, "data.train")
     if not train_rows:
         raise ScionError(f"data.train: {cfg.train} is empty")
@@ -314,21 +316,39 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
         held_out = set(order[:n_eval])
         eval_rows = [r for i, r in enumerate(train_rows) if i in held_out]
         train_rows = [r for i, r in enumerate(train_rows) if i not in held_out]
-        sources.append({"source": train_source["source"], "role": "eval", "split_from_train": cfg.eval_ratio, "seed": seed, "rows": n_eval})
+        sources.append({"source": train_source["source"], "role": "eval", "split_from_train": cfg.eval_ratio,
+                        "seed": seed, "rows": n_eval, "format": fmt.value})
+    return SplitRows(train=train_rows, eval=eval_rows, format=fmt, sources=sources)
 
+
+def conversation(row: Row, fmt: DataFormat, cfg: DataConfig) -> list[dict[str, str]]:
+    """The checked chat messages of a row, with data.system_prompt applied as in training."""
+    messages = to_messages(row, fmt)
+    if cfg.system_prompt is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": cfg.system_prompt}] + messages
+    return messages
+
+
+def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
+    """Read, check and tokenize the train (and eval) data described by `cfg`."""
+    import datasets
+
+    if cfg.max_length < 16:
+        raise ScionError(f"data.max_length must be at least 16, got {cfg.max_length}")
+    rows = split_rows(cfg, seed)
     stats = {"train": SplitStats(cfg.train)}
-    train = tokenize_rows(train_rows, fmt, tokenizer, cfg, stats["train"])
+    train = tokenize_rows(rows.train, rows.format, tokenizer, cfg, stats["train"])
     if not train:
         raise ScionError(f"data.train: no example left after data.truncation=drop at max_length={cfg.max_length}")
     evals = None
-    if eval_rows:
+    if rows.eval:
         stats["eval"] = SplitStats(cfg.eval or f"{cfg.train} (eval_ratio={cfg.eval_ratio})")
-        evals = tokenize_rows(eval_rows, fmt, tokenizer, cfg, stats["eval"])
+        evals = tokenize_rows(rows.eval, rows.format, tokenizer, cfg, stats["eval"])
         if not evals:
             raise ScionError(f"data.eval: no example left after data.truncation=drop at max_length={cfg.max_length}")
     return PreparedData(
         train=datasets.Dataset.from_list(train),
         eval=datasets.Dataset.from_list(evals) if evals else None,
         stats=stats,
-        sources=sources,
+        sources=rows.sources,
     )

@@ -247,6 +247,7 @@ def train(config: ScionConfig) -> TrainResult:
         "data": {"sources": data.sources, "stats": {k: vars(v) for k, v in data.stats.items()},
                  "max_length": config.data.max_length, "truncation": config.data.truncation.value},
         "metrics": metrics,
+        "log_history": trainer.state.log_history,  # per-step loss/lr/eval_loss, for plots
         "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
         "versions": package_versions(),
         "timings": {
