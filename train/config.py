@@ -227,6 +227,9 @@ def register_recipe_file(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")
+        if key == "recipe" and value.startswith("hub:"):  # the recipe.yaml published beside a model
+            path = download_hub_recipe(value[len("hub:"):])
+            value = str(path)
         if key == "recipe" and value.endswith((".yaml", ".yml")):  # shipped recipes are named without it
             path = Path(value).expanduser()
             if not path.is_file():
@@ -237,6 +240,17 @@ def register_recipe_file(argv: list[str]) -> list[str]:
             arg = f"recipe={name}"
         out.append(arg)
     return out
+
+
+def download_hub_recipe(repo_id: str) -> Path:
+    """recipe.yaml from a model repo published by Scion (`recipe=hub:org/name`)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, "recipe.yaml"))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SystemExit(f"error: recipe=hub:{repo_id}: cannot download recipe.yaml from the Hub: {first}") from None
 
 
 def to_scion_config(cfg: DictConfig) -> ScionConfig:

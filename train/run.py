@@ -154,7 +154,9 @@ def save_adapter(model, tokenizer, base: BaseModel, run_dir: Path) -> Path:
     for peft_config in model.peft_config.values():
         peft_config.base_model_name_or_path = base.hub_id or base.local_dir
         peft_config.revision = base.commit_sha or base.revision
-    model.save_pretrained(staging, safe_serialization=True)
+    # save_embedding_layers=False: Scion never trains embeddings, and "auto" makes PEFT fetch the
+    # base's config from the Hub to check for a resized vocabulary.
+    model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
     tokenizer.save_pretrained(staging)
     # PEFT writes a stub model card; the publisher writes the real one with correct lineage.
     (staging / "README.md").unlink(missing_ok=True)
@@ -183,6 +185,10 @@ def train(config: ScionConfig) -> TrainResult:
         raise ScionError(
             f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
         )
+    if config.publish.repo_id:
+        from publish.run import preflight_publish
+
+        preflight_publish(config.publish, base.hub_id, base.architecture, Path(base.local_dir))
     tokenizer = load_tokenizer(base, config.model)
     data = prepare_data(config.data, tokenizer, seed=config.trainer.seed)
     report_data(data)
@@ -261,4 +267,10 @@ def train(config: ScionConfig) -> TrainResult:
     }
     write_json_atomic(run_dir / RUN_FILE, run)
     print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
+
+    # ---- Publish, when the recipe or command line names a repo.
+    if config.publish.repo_id:
+        from publish.run import publish_run
+
+        publish_run(run_dir, config.publish)
     return TrainResult(run_dir=run_dir, model=trainer.model, tokenizer=tokenizer, run=run)

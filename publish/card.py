@@ -1,0 +1,195 @@
+"""Model cards with correct lineage, built with huggingface_hub's ModelCard / ModelCardData.
+
+The YAML front matter is what the Hub reads: `base_model` (always a Hub id, never a path),
+`base_model_relation` (always written: adapter / finetune / quantized), the inherited license,
+datasets (Hub ids only), pipeline_tag, library_name, tags, and eval results as model-index.
+The body says what the model is, how it was trained, how to reproduce it and how to use it.
+The card is deterministic for a given run, so publishing the same run again changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from publish.license import License
+from train.config import DerivativeKind
+
+RELATION = {DerivativeKind.adapter: "adapter", DerivativeKind.merged: "finetune", DerivativeKind.gguf: "quantized"}
+LIBRARY = {DerivativeKind.adapter: "peft", DerivativeKind.merged: "transformers", DerivativeKind.gguf: "gguf"}
+WHAT = {
+    DerivativeKind.adapter: "a LoRA adapter for",
+    DerivativeKind.merged: "a fine-tune (LoRA merged into the full weights) of",
+    DerivativeKind.gguf: "GGUF files (llama.cpp) of",
+}
+
+
+def usage_snippet(kind: DerivativeKind, repo_id: str, base_id: str, gguf_files: list[str]) -> str:
+    if kind == DerivativeKind.adapter:
+        return f"""```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base_id}", dtype="auto")
+model = PeftModel.from_pretrained(base, "{repo_id}")
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+messages = [{{"role": "user", "content": "Hello!"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0], skip_special_tokens=True))
+```"""
+    if kind == DerivativeKind.merged:
+        return f"""```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", dtype="auto")
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+messages = [{{"role": "user", "content": "Hello!"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0], skip_special_tokens=True))
+```"""
+    first = gguf_files[0] if gguf_files else "model.gguf"
+    return f"""```bash
+# llama.cpp
+llama-cli --hf-repo {repo_id} --hf-file {first} -cnv
+# or download and run locally
+huggingface-cli download {repo_id} {first} --local-dir .
+llama-cli -m {first} -cnv
+```"""
+
+
+def eval_results(results: Optional[dict[str, Any]], model_name: str) -> list:
+    """model-index entries (the fine-tune's values) from <run>/eval/results.json."""
+    from huggingface_hub import EvalResult
+
+    if not results:
+        return []
+    dataset = results.get("dataset", {})
+    entries = []
+    for metric, values in sorted(results.get("metrics", {}).items()):
+        value = values.get("finetune") if isinstance(values, dict) else None
+        if value is None:
+            continue
+        entries.append(EvalResult(
+            task_type="text-generation",
+            dataset_type=dataset.get("type", "custom"),
+            dataset_name=dataset.get("name", "held-out split"),
+            dataset_split=dataset.get("split"),
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=round(float(value), 6),
+        ))
+    return entries
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def build_card(
+    kind: DerivativeKind,
+    repo_id: str,
+    base_id: str,
+    run: dict[str, Any],
+    recipe: dict[str, Any],
+    license: License,
+    results: Optional[dict[str, Any]] = None,
+    gguf_files: Optional[list[str]] = None,
+    language: Optional[list[str]] = None,
+    extra_tags: Optional[list[str]] = None,
+    plots: Optional[list[str]] = None,
+):
+    """The ModelCard for one derivative. `base_id` is the Hub id this derivative is made from."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = run["base"]
+    hub_datasets = sorted({s["source"] for s in run["data"]["sources"] if "sha256" not in s and "split_from_train" not in s})
+    tags = ["scion", "qwen", RELATION[kind]]
+    if kind == DerivativeKind.adapter:
+        tags += ["lora", recipe["peft"]["method"]]
+    tags += [t for t in (extra_tags or []) if t not in tags]
+    data = ModelCardData(
+        base_model=base_id,
+        base_model_relation=RELATION[kind],
+        library_name=LIBRARY[kind],
+        license=license.license,
+        license_name=license.license_name,
+        license_link=license.license_link,
+        datasets=hub_datasets or None,
+        language=language or None,
+        pipeline_tag="text-generation",
+        tags=tags,
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results(results, repo_id.split("/")[-1]) or None,
+    )
+    t, p, d = recipe["trainer"], recipe["peft"], recipe["data"]
+    hyper = _table([
+        ("method", p["method"]), ("rank / alpha / dropout", f"{p['r']} / {p['alpha']} / {p['dropout']}"),
+        ("target modules", ", ".join(p["target_modules"])), ("learning rate", t["learning_rate"]),
+        ("schedule", f"{t['lr_scheduler']}, warmup ratio {t['warmup_ratio']}"),
+        ("epochs / max steps", f"{t['epochs']} / {t['max_steps']}"),
+        ("batch size x accumulation", f"{t['batch_size']} x {t['gradient_accumulation_steps']}"),
+        ("max length / truncation", f"{d['max_length']} / {d['truncation']}"),
+        ("precision", t["precision"]), ("seed", t["seed"]),
+        ("loss", "assistant tokens only" if d["assistant_only_loss"] else "all tokens"),
+    ])
+    sources = "\n".join(
+        f"- `{s['source']}` ({s['role']}, {s.get('rows', '?')} rows"
+        + (f", sha256 `{s['sha256'][:16]}…`" if "sha256" in s else "")
+        + (f", fingerprint `{s['fingerprint']}`" if "fingerprint" in s else "") + ")"
+        for s in run["data"]["sources"]
+    )
+    metrics = run.get("metrics", {})
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(run.get("versions", {}).items()))
+    eval_section = ""
+    if results:
+        rows = ["| metric | base | fine-tune | delta |", "|---|---:|---:|---:|"]
+        for name, values in sorted(results.get("metrics", {}).items()):
+            if isinstance(values, dict) and values.get("finetune") is not None:
+                rows.append(f"| {name} | {_fmt(values.get('base'))} | {_fmt(values.get('finetune'))} | {_fmt(values.get('delta'))} |")
+        eval_section = "## Evaluation against the base\n\nScored on the same held-out split with the same prompts and decoding.\n\n" + "\n".join(rows) + "\n"
+        eval_section += "".join(f"\n![{p}]({p})\n" for p in plots or [])
+    revision = base.get("commit_sha") or base.get("revision") or "main (unpinned)"
+    notice = "\nThis repository includes the base's LICENSE and NOTICE files, as its license requires.\n" if license.files else ""
+    body = f"""
+# {repo_id.split('/')[-1]}
+
+This is {WHAT[kind]} [{base_id}](https://huggingface.co/{base_id}), trained with Scion.
+{"It was made from the base [" + base["hub_id"] + "](https://huggingface.co/" + base["hub_id"] + ") at revision `" + revision + "`." if kind != DerivativeKind.adapter and base.get("hub_id") and base["hub_id"] != base_id else ""}
+- Base model: `{base.get('hub_id')}` at revision `{revision}`
+- Relation: `{RELATION[kind]}`
+- License: `{license.license_name or license.license}`, inherited from the base{notice}
+
+## Usage
+
+{usage_snippet(kind, repo_id, base.get('hub_id') or base_id, gguf_files or [])}
+
+## Training
+
+Trained with `{p['method']}` on:
+{sources}
+
+{hyper}
+
+Final train loss {_fmt(metrics.get('train_loss'))}, eval loss {_fmt(metrics.get('eval_loss'))}, {metrics.get('global_step', '?')} steps.
+
+{eval_section}
+## Reproduce
+
+The full resolved recipe is in this repo as `recipe.yaml`. Train it again with
+```bash
+python train.py recipe=hub:{repo_id}
+```
+The original command was `{run.get('command', 'python train.py')}`.
+
+Framework versions: {versions}.
+"""
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
