@@ -122,6 +122,12 @@ class TrainerConfig:
     report_to: list[str] = field(default_factory=list)
     # Allow CPU-only runs (tests, quickstart); a GPU is used whenever one is present.
     allow_cpu: bool = True
+    # auto: continue from the newest complete checkpoint in output_dir (when output_dir already
+    # holds an unfinished run); never: start fresh; or the path of a checkpoint-N folder.
+    resume: str = "auto"
+    # Resuming with a changed batch size, accumulation, data, LoRA shape or base is refused
+    # unless this is true.
+    allow_config_change: bool = False
 
 
 @dataclass

@@ -36,6 +36,7 @@ from train.config import DataConfig, DataFormat, Truncation
 from train.errors import ScionError
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+MAX_SHOWN = 3  # offending rows quoted in an error or warning
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 # One assistant block in ChatML; group 1 is what gets trained (content + <|im_end|>).
@@ -57,6 +58,8 @@ class SplitStats:
     dropped_too_long: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    duplicates: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -256,14 +259,30 @@ def tokenize_conversation(messages, tokenizer, assistant_only_loss: bool = True,
     return input_ids, labels
 
 
-def tokenize_rows(rows: Iterable[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, stats: SplitStats):
-    """Check and tokenize every row; returns the examples and fills `stats`."""
+def tokenize_rows(rows: list[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, stats: SplitStats):
+    """Check and tokenize every row; returns the examples and fills `stats`.
+
+    Every row is checked before anything fails, so one run reports all the bad rows (their count
+    and the first few locations) instead of one per attempt.
+    """
     controls = control_tokens(tokenizer)
-    examples = []
+    examples, problems = [], []
+    seen: dict[str, str] = {}
     for row in rows:
         stats.rows += 1
-        messages = conversation(row, fmt, cfg)
-        input_ids, labels = tokenize_conversation(messages, tokenizer, cfg.assistant_only_loss, controls, row.where)
+        try:
+            messages = conversation(row, fmt, cfg)
+            input_ids, labels = tokenize_conversation(messages, tokenizer, cfg.assistant_only_loss, controls, row.where)
+        except ScionError as e:
+            problems.append(str(e))
+            continue
+        key = json.dumps(messages, sort_keys=True)
+        if key in seen:
+            stats.duplicates += 1
+            if stats.duplicates <= MAX_SHOWN:
+                stats.duplicate_examples.append(f"{row.where} repeats {seen[key]}")
+        else:
+            seen[key] = row.where
         if len(input_ids) > cfg.max_length:
             if cfg.truncation == Truncation.drop:
                 stats.dropped_too_long += 1
@@ -272,14 +291,20 @@ def tokenize_rows(rows: Iterable[Row], fmt: DataFormat, tokenizer, cfg: DataConf
             stats.truncated += 1
         trained = sum(label != -100 for label in labels)
         if trained == 0:
-            raise ScionError(
+            problems.append(
                 f"{row.where}: no trained token left after truncation to data.max_length={cfg.max_length} "
                 "(the answer is cut off entirely); raise data.max_length or set data.truncation=drop"
             )
+            continue
         stats.examples += 1
         stats.tokens += len(input_ids)
         stats.trained_tokens += trained
         examples.append({"input_ids": input_ids, "labels": labels})
+    if len(problems) == 1:
+        raise ScionError(problems[0])
+    if problems:
+        raise ScionError(f"{len(problems)} of {stats.rows} rows are invalid; the first {min(len(problems), MAX_SHOWN)}: "
+                         + " | ".join(problems[:MAX_SHOWN]))
     return examples
 
 

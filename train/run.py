@@ -26,9 +26,10 @@ from train.data import PreparedData, prepare_data
 from train.errors import ScionError
 from train.model import BaseModel, add_adapter, load_model, load_tokenizer, resolve_base
 from train.rundir import (
-    ADAPTER_DIR, CHECKPOINTS_DIR, RECIPE_FILE, RUN_FILE, create_run_dir, default_output_dir,
-    write_json_atomic, write_text_atomic,
+    ADAPTER_DIR, CHECKPOINTS_DIR, RECIPE_FILE, RUN_FILE, RunLock, check_free_space, default_output_dir,
+    prepare_run_dir, write_json_atomic, write_text_atomic,
 )
+from train.checkpoints import check_resume_config
 
 PACKAGES = ["torch", "transformers", "peft", "trl", "datasets", "accelerate", "huggingface_hub", "bitsandbytes", "hydra-core"]
 
@@ -48,6 +49,13 @@ def main_from_hydra(cfg: DictConfig) -> None:
         sys.exit(2)
     except ScionError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        from train.trainer import Preempted
+
+        if not isinstance(e, Preempted):
+            raise
+        print(f"stopped: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
 
 
@@ -102,6 +110,8 @@ def report_data(data: PreparedData) -> None:
         if s.truncated or s.dropped_too_long:
             line += f"; {s.truncated} truncated, {s.dropped_too_long} dropped as too long"
         print(line, flush=True)
+        if s.duplicates:
+            print(f"warning: data[{split}]: {s.duplicates} duplicate examples ({'; '.join(s.duplicate_examples)})", flush=True)
 
 
 def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
@@ -131,7 +141,7 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         logging_nan_inf_filter=False,  # a NaN loss must show in the logs (pitfalls.md #4)
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # rotation is ScionTrainer's: it never deletes the newest complete checkpoint
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no",
         eval_steps=t.eval_steps,
         report_to=list(t.report_to) or "none",
@@ -194,17 +204,46 @@ def train(config: ScionConfig) -> TrainResult:
     report_data(data)
     data_done = time.time()
 
-    # ---- Run directory: the resolved recipe first, run.json last.
-    run_dir = create_run_dir(config.trainer.output_dir or default_output_dir(config.recipe_name))
+    # ---- Run directory: locked for this run; the resolved recipe first, run.json last.
+    run_dir, resume_from = prepare_run_dir(config.trainer.output_dir or default_output_dir(config.recipe_name),
+                                           config.trainer.resume)
+    lock = RunLock(run_dir)
+    try:
+        return _train_in(run_dir, resume_from, config, base, tokenizer, data, device, started, started_at, data_done)
+    finally:
+        lock.release()
+
+
+def resume_fingerprint(config: ScionConfig, base: BaseModel, data: PreparedData) -> dict[str, Any]:
+    """What must not change when a run is resumed (pitfalls.md #11)."""
+    return {
+        "base": base.hub_id or base.name_or_path,
+        "base_revision": base.commit_sha or base.revision,
+        "peft.method": config.peft.method.value,
+        "peft.r": config.peft.r,
+        "peft.alpha": config.peft.alpha,
+        "peft.target_modules": sorted(config.peft.target_modules),
+        "trainer.batch_size": config.trainer.batch_size,
+        "trainer.gradient_accumulation_steps": config.trainer.gradient_accumulation_steps,
+        "data.max_length": config.data.max_length,
+        "data.fingerprints": [s.get("sha256") or s.get("fingerprint") or s.get("source") for s in data.sources],
+    }
+
+
+def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, started, started_at, data_done):
     print(f"run directory: {run_dir}", flush=True)
+    fingerprint = resume_fingerprint(config, base, data)
+    if resume_from is not None:
+        check_resume_config(resume_from, fingerprint, config.trainer.allow_config_change)
+        print(f"resuming from {resume_from}", flush=True)
     write_text_atomic(run_dir / RECIPE_FILE, OmegaConf.to_yaml(OmegaConf.structured(config)))
 
     # ---- Model and adapter.
     import torch
     from transformers import ProgressCallback, set_seed
-    from trl import SFTTrainer
 
     from train.progress import ScionProgress
+    from train.trainer import PreemptionCallback, Preempted, ScionTrainer
 
     set_seed(config.trainer.seed)
     model = load_model(base, config.model, config.peft, config.trainer.precision)
@@ -212,19 +251,34 @@ def train(config: ScionConfig) -> TrainResult:
     trainable, total = model.get_nb_trainable_parameters()
     print(f"model: {base.hub_id or base.name_or_path} ({base.architecture}) on {device}; "
           f"{config.peft.method.value} r={config.peft.r}: {trainable:,} trainable of {total:,} parameters", flush=True)
+    # A checkpoint holds the adapter (fp32) plus two AdamW moments: ~12 bytes per trainable weight.
+    keep = max(config.trainer.save_total_limit or 1, 1)
+    check_free_space(run_dir, int(trainable * 12 * (keep + 1) + trainable * 4 + 64 * 2**20))
     loaded = time.time()
 
     # ---- Train.
-    trainer = SFTTrainer(
+    args = sft_args(config, run_dir, device, data.eval is not None)
+    trainer = ScionTrainer(
         model=model,
-        args=sft_args(config, run_dir, device, data.eval is not None),
+        args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
+        resume_fingerprint=fingerprint,
+        keep_checkpoints=config.trainer.save_total_limit,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ScionProgress())
-    result = trainer.train()
+    preemption = PreemptionCallback()
+    trainer.add_callback(preemption)
+    preemption.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        preemption.uninstall()
+    if preemption.signal_received is not None:
+        raise Preempted(f"preempted at step {trainer.state.global_step}; checkpoint saved in {run_dir / CHECKPOINTS_DIR}. "
+                        f"Run the same command with trainer.output_dir={run_dir} to resume")
     trained = time.time()
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,

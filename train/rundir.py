@@ -15,7 +15,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from train.errors import ScionError
 
@@ -29,11 +29,16 @@ def default_output_dir(recipe_name: str) -> Path:
     return Path("runs") / recipe_name / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def create_run_dir(output_dir: str | Path) -> Path:
-    """Create (or reuse an empty) output_dir; refuse to write over a finished run."""
+def prepare_run_dir(output_dir: str | Path, resume: str) -> tuple[Path, Optional[Path]]:
+    """Create output_dir, or find the checkpoint to resume from in an unfinished one.
+
+    Returns (run_dir, checkpoint to resume from or None). A finished run is never written over.
+    """
+    from train.checkpoints import clean_incomplete, is_complete, latest_complete
+
     path = Path(output_dir).expanduser()
     if (path / RUN_FILE).exists() or (path / ADAPTER_DIR).exists():
-        raise ScionError(f"trainer.output_dir: {path} already holds a run; choose another output_dir")
+        raise ScionError(f"trainer.output_dir: {path} already holds a finished run; choose another output_dir")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -41,7 +46,54 @@ def create_run_dir(output_dir: str | Path) -> Path:
         probe.unlink()
     except OSError as e:
         raise ScionError(f"trainer.output_dir: cannot write to {path}: {e.strerror}") from None
-    return path
+    mode = str(resume).strip()
+    if mode.lower() in ("never", "false", "no", "none", "off"):
+        if latest_complete(path / CHECKPOINTS_DIR):
+            raise ScionError(f"trainer.output_dir: {path} holds checkpoints of an unfinished run and trainer.resume={mode}; "
+                             "resume it (trainer.resume=auto) or choose another output_dir")
+        return path, None
+    if mode.lower() == "auto":
+        removed = clean_incomplete(path / CHECKPOINTS_DIR)
+        if removed:
+            print(f"removed incomplete checkpoints: {', '.join(removed)}", flush=True)
+        return path, latest_complete(path / CHECKPOINTS_DIR)
+    checkpoint = Path(mode).expanduser()
+    if not checkpoint.is_dir() or not is_complete(checkpoint):
+        raise ScionError(f"trainer.resume: {mode} is not a complete checkpoint folder")
+    return path, checkpoint
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a run writes it (released at exit)."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        self.path = run_dir / ".lock"
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ScionError(f"trainer.output_dir: {run_dir} is being written by another run ({holder})") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()  # closing drops the flock
+
+
+def check_free_space(run_dir: Path, needed_bytes: int) -> None:
+    import shutil
+
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise ScionError(f"trainer.output_dir: {run_dir} has {free / 2**30:.2f} GiB free, but the checkpoints and "
+                         f"adapter need about {needed_bytes / 2**30:.2f} GiB")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -1,0 +1,274 @@
+"""Convert a saved Hugging Face Qwen2 / Qwen3 causal LM into a single GGUF file (llama.cpp's format).
+
+A small, self-contained converter for exactly the architectures Scion fine-tunes. It uses only the
+`gguf` Python library (GGUFWriter, TensorNameMap, gguf.quants), not llama.cpp's convert_hf_to_gguf.py.
+
+Supported:
+  * `Qwen2ForCausalLM` (Qwen2 / Qwen2.5: q/k/v biases) -> GGUF architecture "qwen2";
+    `Qwen3ForCausalLM` (Qwen3 dense: q_norm / k_norm, explicit head_dim) -> "qwen3".
+  * Weights from `*.safetensors` (one file or shards); tied or untied embeddings. When tied, only
+    `token_embd.weight` is written and llama.cpp reuses it as the output projection.
+  * Output types "f32", "f16", "bf16" and "q8_0". Norms and biases (1-D tensors) always stay F32, as
+    in llama.cpp; with "q8_0" every 2-D matrix whose rows are a multiple of 32 is Q8_0 (others F16).
+  * The tokenizer from `tokenizer.json` (byte-level BPE): tokenizer.ggml.model "gpt2", pre "qwen2",
+    one token per embedding row ("[PAD{id}]" for unused ids), token types, merges, bos/eos/pad ids,
+    add_bos_token false, and the chat template (tokenizer_config.json or chat_template.jinja).
+
+Not supported (a one-line ValueError): other architectures (Llama, MoE, vision...), `.bin` /
+`.pth` checkpoints, PEFT adapter directories (merge first), RoPE scaling (YaRN etc.), sliding-window
+attention, Qwen3 attention biases, k-quants (make those from the F16 file with llama-quantize).
+
+The file is written to a temporary file beside `out_path` and renamed into place, so an interrupted
+conversion never leaves a half-written .gguf. Tensors are streamed one at a time (planned from the
+safetensors headers first), so memory stays near the size of the largest tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf import LlamaFileType, TokenType
+
+# HF architecture -> gguf architecture enum.
+SUPPORTED_ARCHITECTURES = {
+    "Qwen2ForCausalLM": gguf.MODEL_ARCH.QWEN2,
+    "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3,
+}
+# qtype -> (type of the 2-D weight matrices, general.file_type)
+QTYPES = {
+    "f32": (QT.F32, LlamaFileType.ALL_F32),
+    "f16": (QT.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (QT.BF16, LlamaFileType.MOSTLY_BF16),
+    "q8_0": (QT.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+}
+# Tensors every block must have, per architecture (gguf names without the "blk.N." prefix).
+_BLOCK_TENSORS = [
+    "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+    "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
+]
+_ARCH_BLOCK_TENSORS = {
+    gguf.MODEL_ARCH.QWEN2: ["attn_q.bias", "attn_k.bias", "attn_v.bias"],
+    gguf.MODEL_ARCH.QWEN3: ["attn_q_norm.weight", "attn_k_norm.weight"],
+}
+
+
+def convert_to_gguf(
+    model_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    qtype: str = "f16",
+    *,
+    name: str | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Convert the HF Qwen2/Qwen3 model in `model_dir` to a GGUF file at `out_path`; returns the path.
+
+    qtype: "f16" (default), "bf16", "f32" or "q8_0". name: `general.name` (default: the directory
+    name). Raises ValueError for an unsupported architecture, qtype or checkpoint format.
+    """
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    if qtype not in QTYPES:
+        raise ValueError(f"unsupported GGUF qtype {qtype!r}: expected one of {', '.join(QTYPES)}")
+    config, arch = read_config(model_dir)
+    plan = plan_tensors(model_dir, config, arch, qtype)
+
+    writer_arch = gguf.MODEL_ARCH_NAMES[arch]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")  # same filesystem: atomic rename
+    writer = gguf.GGUFWriter(tmp, writer_arch)
+    try:
+        add_metadata(writer, config, arch, name or model_dir.resolve().name, QTYPES[qtype][1])
+        add_tokenizer(writer, model_dir, config)
+        for gguf_name, (_, _, shape, ggml_type) in plan.items():
+            writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), _nbytes(shape, ggml_type), raw_dtype=ggml_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        _write_tensor_data(writer, plan, quiet)
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def read_config(model_dir: Path) -> tuple[dict, gguf.MODEL_ARCH]:
+    """config.json as a dict, and the gguf architecture; ValueError if it is not one we convert."""
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        hint = " (a PEFT adapter: merge it into the base model first)" if (model_dir / "adapter_config.json").exists() else ""
+        raise ValueError(f"no config.json in {model_dir}{hint}")
+    config = json.loads(config_file.read_text())
+    archs = config.get("architectures") or [f"<model_type {config.get('model_type')!r}>"]
+    if len(archs) != 1 or archs[0] not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"GGUF conversion does not support architecture {', '.join(archs)}: "
+            f"only {' and '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    arch = SUPPORTED_ARCHITECTURES[archs[0]]
+    rope_type = _rope(config).get("rope_type") or _rope(config).get("type") or "default"
+    if rope_type != "default":
+        raise ValueError(f"GGUF conversion of {archs[0]} does not support RoPE scaling {rope_type!r}")
+    if config.get("use_sliding_window"):
+        raise ValueError(f"GGUF conversion of {archs[0]} does not support sliding-window attention")
+    if arch == gguf.MODEL_ARCH.QWEN3 and config.get("attention_bias"):
+        raise ValueError("GGUF conversion of Qwen3ForCausalLM does not support attention biases")
+    return config, arch
+
+
+def plan_tensors(model_dir: Path, config: dict, arch: gguf.MODEL_ARCH, qtype: str) -> dict:
+    """gguf name -> (safetensors file, HF name, shape, GGML type), from the safetensors headers only."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        others = sorted(p.name for p in model_dir.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
+        found = f" (found {', '.join(others)}; only safetensors are supported)" if others else ""
+        raise ValueError(f"no *.safetensors weights in {model_dir}{found}")
+    n_layers = config["num_hidden_layers"]
+    tied = config.get("tie_word_embeddings", False)
+    name_map = gguf.TensorNameMap(arch, n_layers)
+    plan = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for hf_name in f.keys():
+                if hf_name.endswith("rotary_emb.inv_freq"):  # recomputed by llama.cpp
+                    continue
+                if hf_name == "lm_head.weight" and tied:  # llama.cpp falls back to token_embd
+                    continue
+                gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if gguf_name is None:
+                    raise ValueError(f"cannot map tensor {hf_name!r} of {file.name} to a GGUF {arch.name.lower()} tensor")
+                shape = tuple(f.get_slice(hf_name).get_shape())
+                plan[gguf_name] = (file, hf_name, shape, _tensor_type(shape, qtype))
+
+    expected = {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} if not tied else set())
+    for bid in range(n_layers):
+        expected |= {f"blk.{bid}.{t}" for t in _BLOCK_TENSORS + _ARCH_BLOCK_TENSORS[arch]}
+    if missing := sorted(expected - plan.keys()):
+        raise ValueError(f"{model_dir} lacks {len(missing)} tensors a {arch.name.lower()} GGUF needs, e.g. {missing[0]}")
+    if unexpected := sorted(plan.keys() - expected):
+        raise ValueError(f"{model_dir} has tensors llama.cpp's {arch.name.lower()} does not use, e.g. {unexpected[0]}")
+    # A stable, llama.cpp-like order: embeddings, blocks in order, then the output tensors.
+    def order(name: str):
+        parts = name.split(".")
+        return (1, int(parts[1]), name) if parts[0] == "blk" else (0 if name.startswith("token_embd") else 2, 0, name)
+    return {k: plan[k] for k in sorted(plan, key=order)}
+
+
+def _tensor_type(shape: tuple[int, ...], qtype: str) -> QT:
+    matrix_type = QTYPES[qtype][0]
+    if len(shape) <= 1:  # norms and biases: F32, as llama.cpp keeps them
+        return QT.F32
+    if matrix_type == QT.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[QT.Q8_0][0] != 0:
+        return QT.F16  # rows not a whole number of blocks: llama.cpp falls back to F16 too
+    return matrix_type
+
+
+def _nbytes(shape: tuple[int, ...], ggml_type: QT) -> int:
+    block_size, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+    return int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block_size) * type_size
+
+
+def _write_tensor_data(writer: gguf.GGUFWriter, plan: dict, quiet: bool) -> None:
+    import torch
+    from safetensors import safe_open
+    from tqdm.auto import tqdm
+
+    handles = {}  # one open safetensors file per shard
+    for file, hf_name, _, ggml_type in tqdm(plan.values(), desc="Writing GGUF", unit="tensor", disable=quiet):
+        if file not in handles:
+            handles[file] = safe_open(file, framework="pt")
+        data = handles[file].get_tensor(hf_name).to(torch.float32).numpy()
+        writer.write_tensor_data(gguf.quants.quantize(data, ggml_type))
+
+
+def _rope(config: dict) -> dict:
+    """RoPE settings: transformers 5 writes `rope_parameters`, older files `rope_theta`/`rope_scaling`."""
+    return config.get("rope_parameters") or config.get("rope_scaling") or {}
+
+
+def add_metadata(writer: gguf.GGUFWriter, config: dict, arch: gguf.MODEL_ARCH, name: str, file_type: int) -> None:
+    n_heads = config["num_attention_heads"]
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads", n_heads))
+    writer.add_rope_freq_base(float(_rope(config).get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    if arch == gguf.MODEL_ARCH.QWEN3:  # Qwen3's head_dim is not hidden_size / heads in general
+        head_dim = config.get("head_dim") or config["hidden_size"] // n_heads
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_file_type(int(file_type))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: dict) -> None:
+    """The byte-level BPE vocabulary of tokenizer.json, padded to the embedding's vocab_size."""
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ValueError(f"no tokenizer.json in {model_dir}: GGUF conversion needs the fast tokenizer")
+    tokenizer = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    tok_config_file = model_dir / "tokenizer_config.json"
+    tok_config = json.loads(tok_config_file.read_text(encoding="utf-8")) if tok_config_file.is_file() else {}
+    model = tokenizer["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"GGUF conversion expects a BPE tokenizer.json, got {model.get('type')!r}")
+
+    vocab_size = config["vocab_size"]
+    id_to_token = {i: t for t, i in model["vocab"].items()}
+    added = {t["id"]: t for t in tokenizer.get("added_tokens", [])}
+    if max([*id_to_token, *added]) >= vocab_size:
+        raise ValueError(f"the tokenizer has ids beyond the model's vocab_size {vocab_size}")
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i in added:
+            tokens.append(added[i]["content"])
+            types.append(TokenType.CONTROL if added[i]["special"] else TokenType.USER_DEFINED)
+        elif i in id_to_token:
+            tokens.append(id_to_token[i])
+            types.append(TokenType.NORMAL)
+        else:  # embedding rows with no token (Qwen pads its 151,665/151,669 ids to 151,936)
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+
+    token_to_id = {t: i for i, t in enumerate(tokens)}
+
+    def special_id(key: str) -> int | None:
+        token = tok_config.get(f"{key}_token")
+        if isinstance(token, dict):
+            token = token.get("content")
+        if token is not None and token in token_to_id:
+            return token_to_id[token]
+        fallback = config.get(f"{key}_token_id")
+        return fallback[0] if isinstance(fallback, list) else fallback
+
+    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id), ("pad", writer.add_pad_token_id)):
+        if (token_id := special_id(key)) is not None:
+            add(token_id)
+    writer.add_add_bos_token(False)
+
+    template = tok_config.get("chat_template")
+    if template is None and (model_dir / "chat_template.jinja").is_file():
+        template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if template:
+        writer.add_chat_template(template)

@@ -1,0 +1,115 @@
+"""TRL's SFTTrainer with three guarantees it lacks: atomic checkpoints, a hard stop on NaN/inf,
+and preemption that checkpoints at the next step boundary.
+
+Preemption: the first SIGTERM or SIGINT asks for a checkpoint at the end of the current optimizer
+step (so no accumulated gradient is lost) and a clean stop; `train()` then exits with
+PREEMPTED_EXIT_CODE. A second signal exits at once; checkpoints on disk are safe because they are
+only ever renamed into place complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from train.checkpoints import STAGING, commit_checkpoint, rotate
+from train.errors import ScionError
+
+# EX_TEMPFAIL: "try again later" — what a scheduler should do with a preempted run.
+PREEMPTED_EXIT_CODE = 75
+
+
+class NonFiniteError(ScionError):
+    pass
+
+
+class Preempted(Exception):
+    """Raised after the preemption checkpoint is written."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+
+class PreemptionCallback(TrainerCallback):
+    """Turns the first SIGTERM/SIGINT into 'save at the step boundary, then stop'."""
+
+    def __init__(self):
+        self.signal_received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_received is not None:  # second signal: leave now, files on disk are consistent
+            os._exit(128 + signum)
+        self.signal_received = signum
+        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
+              "(send it again to stop at once)", flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal_received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class ScionTrainer(SFTTrainer):
+    def __init__(self, *args, resume_fingerprint: dict[str, Any], keep_checkpoints: Optional[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resume_fingerprint = resume_fingerprint
+        self.keep_checkpoints = keep_checkpoints
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # One host sync per micro-batch: cheap next to a LoRA step, and it names the exact step.
+        if not math.isfinite(loss.item()):
+            raise NonFiniteError(
+                f"training: the loss is {loss.item()} at step {self.state.global_step + 1}; stopping. "
+                f"The last good checkpoint is intact{last_checkpoint_hint(self.args.output_dir)}. "
+                "Lower trainer.learning_rate or check the data"
+            )
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Called at every optimizer step, before the step: the place to catch a NaN/inf gradient.
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        value = float(norm) if norm is not None else 0.0
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f"training: the gradient norm is {value} at step {self.state.global_step + 1}; stopping before the "
+                f"optimizer step. The last good checkpoint is intact{last_checkpoint_hint(self.args.output_dir)}"
+            )
+        return norm
+
+    def _save_checkpoint(self, model, trial):
+        """Save into .partial/checkpoint-N, then rename into place and mark complete."""
+        root = Path(self.args.output_dir)
+        step = self.state.global_step
+        staging_root = root / STAGING
+        name = f"checkpoint-{step}"
+        self.args.output_dir = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = str(root)
+        commit_checkpoint(staging_root / name, root / name, {"step": step, "resume_fingerprint": self.resume_fingerprint})
+        rotate(root, self.keep_checkpoints)
+
+
+def last_checkpoint_hint(output_dir: str) -> str:
+    from train.checkpoints import latest_complete
+
+    latest = latest_complete(Path(output_dir))
+    return f" ({latest})" if latest else " (none was saved yet)"
