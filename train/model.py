@@ -180,14 +180,24 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
     return model
 
 
+def check_target_modules(base: BaseModel, peft: PeftConfig) -> None:
+    """LoRA targets must exist in the model; checked on a weightless (meta) copy, before loading."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base.local_dir)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
+    missing = [t for t in peft.target_modules if t not in leaf_names]
+    if missing:
+        raise ScionError(f"peft.target_modules: the model has no module named {missing}")
+
+
 def add_adapter(model, peft: PeftConfig, gradient_checkpointing: bool):
     """Wrap the model with a LoRA/DoRA adapter on `peft.target_modules`."""
     from peft import LoraConfig, get_peft_model
 
-    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in peft.target_modules if t not in leaf_names]
-    if missing:
-        raise ScionError(f"peft.target_modules: the model has no module named {missing}")
     if gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs; the reentrant kind needs
         # enable_input_require_grads and silently trains nothing on some PEFT paths.

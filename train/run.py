@@ -24,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue
 from train.config import FILE_RECIPES, PeftMethod, Precision, ScionConfig, to_scion_config
 from train.data import PreparedData, prepare_data
 from train.errors import ScionError
-from train.model import BaseModel, add_adapter, load_model, load_tokenizer, resolve_base
+from train.model import BaseModel, add_adapter, check_target_modules, load_model, load_tokenizer, resolve_base
 from train.rundir import (
     ADAPTER_DIR, CHECKPOINTS_DIR, RECIPE_FILE, RUN_FILE, RunLock, check_free_space, default_output_dir,
     prepare_run_dir, write_json_atomic, write_text_atomic,
@@ -195,6 +195,7 @@ def train(config: ScionConfig) -> TrainResult:
         raise ScionError(
             f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
         )
+    check_target_modules(base, config.peft)
     if config.publish.repo_id:
         from publish.run import preflight_publish
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -105,6 +106,7 @@ class ScionTrainer(SFTTrainer):
         finally:
             self.args.output_dir = str(root)
         commit_checkpoint(staging_root / name, root / name, {"step": step, "resume_fingerprint": self.resume_fingerprint})
+        shutil.rmtree(staging_root, ignore_errors=True)  # also holds TRL's per-save model card
         rotate(root, self.keep_checkpoints)
 
 
