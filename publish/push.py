@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
+from train.data import file_sha256
 from train.errors import ScionError
 
 T = TypeVar("T")
@@ -40,14 +41,6 @@ def git_blob_sha(path: Path) -> str:
     """The git object id of a file (what the Hub reports as blob_id for non-LFS files)."""
     data = path.read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _status(error: Exception) -> Optional[int]:

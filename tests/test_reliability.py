@@ -425,3 +425,38 @@ def test_pickle_weights_are_refused(tmp_path, tiny_qwen2_dir):
     config.model.name_or_path = str(base)
     with pytest.raises(ScionError, match="pickle files are refused"):
         train(config)
+
+
+# ---- 9. token hygiene ---------------------------------------------------------------------------
+def test_canary_token_never_appears_in_output_files_or_uploads(hub_server, tiny_qwen2_dir, tmp_path, monkeypatch):
+    """A full train (from a Hub id), evaluation and publish with a canary token, against the test Hub."""
+    import secrets
+
+    from huggingface_hub import HfApi, hf_hub_download
+
+    canary = "hf_canary" + secrets.token_hex(12)
+    hub_server.add_token(canary, write=True)
+    monkeypatch.setenv("HF_TOKEN", canary)
+    api = HfApi(token=canary)
+    api.create_repo("scion-test/tiny-qwen2")
+    api.upload_folder(repo_id="scion-test/tiny-qwen2", folder_path=str(tiny_qwen2_dir))
+
+    out = tmp_path / "run"
+    data = REPO_ROOT / "data/quickstart/eval.jsonl"
+    trained = run_script("train.py", "model.name_or_path=scion-test/tiny-qwen2", f"data.train={data}", f"data.eval={data}",
+                         "trainer.max_steps=2", "eval.max_examples=4", "eval.max_new_tokens=4", f"trainer.output_dir={out}",
+                         "publish.repo_id=me/canary", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    published = run_script("publish.py", f"run_dir={out}", "repo_id=me/canary-more", "kind=merged", cwd=tmp_path)
+    assert published.returncode == 0, published.stderr[-3000:]
+
+    for stream in (trained.stdout, trained.stderr, published.stdout, published.stderr):
+        assert canary not in stream
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if canary.encode() in p.read_bytes()]
+    uploaded = 0
+    for repo in ("me/canary", "me/canary-more"):
+        for name in api.list_repo_files(repo):
+            assert canary.encode() not in Path(hf_hub_download(repo, name, token=canary)).read_bytes(), name
+            uploaded += 1
+    assert uploaded >= 8

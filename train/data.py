@@ -73,7 +73,7 @@ class PreparedData:
 # ---------------------------------------------------------------------------------------------
 # Reading rows, with their location
 # ---------------------------------------------------------------------------------------------
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -136,7 +136,7 @@ def read_rows(source: str, split: str, key: str) -> tuple[list[Row], dict[str, A
         if kind is None:
             raise ScionError(f"{key}: unsupported file type '{path.suffix}' ({path}); use .jsonl, .json, .parquet or .csv")
         rows = _read_json_file(path) if kind == "json" else _read_with_datasets(kind, path)
-        return rows, {"source": str(path.resolve()), "sha256": _file_sha256(path), "rows": len(rows)}
+        return rows, {"source": str(path.resolve()), "sha256": file_sha256(path), "rows": len(rows)}
     if path.exists():
         raise ScionError(f"{key}: {path} is a directory; give a data file")
     if _looks_like_path(source):

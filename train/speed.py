@@ -85,7 +85,8 @@ def register_varlen_attention() -> str:
     return VARLEN_ATTENTION
 
 
-def varlen_attention_mask(*args, attention_mask=None, q_offset=0, kv_offset=0, local_size=None, **kwargs):
+def varlen_attention_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None,
+                          local_size=None, **kwargs):
     """The mask builder for `scion_varlen`: none at all for training rows, sdpa's mask otherwise.
 
     A training row (no padding mask, no cache, no sliding window) needs no mask: the attention reads the
@@ -94,12 +95,11 @@ def varlen_attention_mask(*args, attention_mask=None, q_offset=0, kv_offset=0, l
     """
     from transformers.masking_utils import sdpa_mask
 
-    q_length, kv_length = kwargs.get("q_length"), kwargs.get("kv_length")
     no_offset = isinstance(q_offset, int) and q_offset == 0 and isinstance(kv_offset, int) and kv_offset == 0
     if attention_mask is None and local_size is None and no_offset and q_length == kv_length:
         return None
-    return sdpa_mask(*args, attention_mask=attention_mask, q_offset=q_offset, kv_offset=kv_offset,
-                     local_size=local_size, **kwargs)
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, attention_mask=attention_mask, local_size=local_size, **kwargs)
 
 
 def cu_seqlens_from_position_ids(position_ids):
@@ -261,7 +261,7 @@ def packing_efficiency(rows: list[dict], max_tokens: int) -> float:
     return sum(len(r["input_ids"]) for r in rows) / max(1, len(rows) * max_tokens)
 
 
-def sft_speed_kwargs(device: str, packing: bool, max_length: Optional[int], checkpointing: str = "full") -> dict:
+def sft_speed_kwargs(device: str, packing: bool, max_length: Optional[int]) -> dict:
     """SFTConfig keyword arguments for the fast path (all exist in TRL 1.16's SFTConfig).
 
     Always padding-free: a micro-batch becomes one row with no pad tokens, position ids restarting per
@@ -273,19 +273,15 @@ def sft_speed_kwargs(device: str, packing: bool, max_length: Optional[int], chec
     padding-free batch size of 1). TRL packs nothing itself while `skip_prepare_dataset` is set.
     packing=False: max_length must be None, since TRL refuses padding_free with a max_length it cannot
     enforce (the data is truncated by train/data.py already).
-    checkpointing="offload" also moves the saved activations to pinned CPU memory (TRL's
-    activation_offloading, CUDA only).
+    `device` is unused today: the same arguments are right on the CPU (sdpa's block-diagonal mask) and
+    on CUDA (varlen kernels); it is kept so a device-specific option has a place.
     """
-    kwargs: dict[str, Any] = {"padding_free": True}
+    del device
     if packing:
         if not max_length:
             raise ValueError("packing needs the row length in tokens (max_length)")
-        kwargs.update(packing=True, packing_strategy="bfd", max_length=max_length)
-    else:
-        kwargs.update(packing=False, max_length=None)
-    if checkpointing == "offload" and str(device).startswith("cuda"):
-        kwargs["activation_offloading"] = True
-    return kwargs
+        return {"padding_free": True, "packing": True, "packing_strategy": "bfd", "max_length": max_length}
+    return {"padding_free": True, "packing": False, "max_length": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,13 +360,18 @@ def pick_checkpointing(free_bytes: float, model_bytes: float, tokens_per_step: i
     return "offload"
 
 
+CHECKPOINTING_POLICIES = ("none", "selective", "full", "offload")
+
+
 def checkpointing_kwargs(policy: str) -> Optional[dict]:
-    """gradient_checkpointing_kwargs for `model.gradient_checkpointing_enable`, or None for "none".
+    """The kwargs for torch.utils.checkpoint under `policy`, or None for "none".
 
     Always non-reentrant (frozen inputs under LoRA). "selective" saves the attention outputs and
     recomputes the rest: attention is the costliest thing to recompute at long lengths. TRL's own
     selective policy does not know torch's varlen op, hence this one.
     """
+    if policy not in CHECKPOINTING_POLICIES:
+        raise ValueError(f"unknown checkpointing policy {policy!r}; expected one of {CHECKPOINTING_POLICIES}")
     if policy == "none":
         return None
     kwargs: dict[str, Any] = {"use_reentrant": False}
@@ -379,6 +380,30 @@ def checkpointing_kwargs(policy: str) -> Optional[dict]:
 
         kwargs["context_fn"] = partial(create_selective_checkpoint_contexts, _save_attention_policy)
     return kwargs
+
+
+def enable_checkpointing(model, policy: str) -> None:
+    """Turn on activation checkpointing of `policy` on a model, PEFT-wrapped or not.
+
+    "offload" is full checkpointing whose saved layer inputs wait in pinned host memory
+    (transformers 5.23's activation_checkpointing_enable(offload=True)): it frees layers x tokens x
+    hidden bytes of GPU memory for two copies per layer.
+    """
+    import torch
+
+    kwargs = checkpointing_kwargs(policy)
+    if kwargs is None:
+        return
+    # On a machine without an accelerator the activations live on the host already, and pinning
+    # memory fails there ("no pinned memory allocator"): offload is plain full checkpointing.
+    offload = policy == "offload" and torch.cuda.is_available()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, offload=offload)
+    elif offload:
+        raise ValueError("checkpointing offload needs transformers' activation_checkpointing_enable (5.23+)")
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _save_attention_policy(ctx, op, *args, **kwargs):
@@ -518,6 +543,7 @@ __all__ = [
     "VARLEN_ATTENTION", "pick_attention", "register_varlen_attention", "varlen_attention_forward",
     "best_fit_bins", "pack_examples", "pack_dataset", "packing_efficiency", "sft_speed_kwargs",
     "apply_fused_layer_kernels", "activation_bytes_per_token", "pick_checkpointing", "checkpointing_kwargs",
+    "enable_checkpointing",
     "training_state_bytes", "peak_flops", "matmul_params", "model_flops_per_token", "mean_attended_keys",
     "mfu", "speed_callback", "run_speed_summary",
 ]

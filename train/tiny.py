@@ -38,8 +38,9 @@ def scion_cache_dir() -> Path:
     return Path(os.environ.get("SCION_CACHE", Path.home() / ".cache" / "scion"))
 
 
-def tiny_config(arch: str):
-    """A 2-layer config of the given architecture: small enough for CPU tests, real in shape."""
+def tiny_config(arch: str, **sizes):
+    """A 2-layer config of the given architecture: small enough for CPU tests, real in shape.
+    `sizes` overrides dimensions (for full-size stand-ins); derived fields follow them."""
     from transformers import Qwen2Config, Qwen3Config
 
     common = dict(
@@ -58,10 +59,11 @@ def tiny_config(arch: str):
         pad_token_id=151643,
         dtype="bfloat16",
     )
+    common.update(sizes)
     if arch == "qwen2":
         return Qwen2Config(**common)
     if arch == "qwen3":
-        return Qwen3Config(head_dim=16, **common)
+        return Qwen3Config(**{"head_dim": 16, **common})
     raise ValueError(f"unknown tiny architecture {arch!r}: expected 'qwen2' or 'qwen3'")
 
 
@@ -111,3 +113,57 @@ def ensure_tiny_model(spec: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# The architectures of the bases the recipes name (from their config.json on the Hub), for
+# random-weight stand-ins where the real weights cannot be downloaded.
+QWEN_ARCHITECTURES = {
+    "Qwen/Qwen2.5-0.5B-Instruct": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                                  num_attention_heads=14, num_key_value_heads=2)),
+    "Qwen/Qwen2.5-1.5B-Instruct": ("qwen2", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                                  num_attention_heads=12, num_key_value_heads=2)),
+    "Qwen/Qwen2.5-3B-Instruct": ("qwen2", dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                                                num_attention_heads=16, num_key_value_heads=2)),
+    "Qwen/Qwen3-1.7B": ("qwen3", dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                                      num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                                      max_position_embeddings=40960)),
+    "Qwen/Qwen3-4B": ("qwen3", dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                                    num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                                    max_position_embeddings=40960)),
+}
+
+
+def save_standin(hub_id: str, hf_cache: str | Path, commit_sha: str = "0" * 40) -> Path:
+    """A random-weight model with the exact architecture of `hub_id`, as a snapshot in an HF cache.
+
+    `model.name_or_path=<hub_id>` with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<hf_cache> then loads it
+    through the same path as the real download. Weights are bf16 and random: it shows speed and
+    memory, not quality.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    arch, sizes = QWEN_ARCHITECTURES[hub_id]
+    config = tiny_config(arch, **sizes)
+    repo = Path(hf_cache) / f"models--{hub_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit_sha
+    snapshot.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(snapshot, safe_serialization=True, max_shard_size="2GB")
+    build_qwen_tokenizer("qwen3" if arch == "qwen3" else "qwen2_5").save_pretrained(snapshot)
+    (snapshot / "README.md").write_text(TINY_README.format(arch=f"stand-in of {hub_id}"))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit_sha)
+    return snapshot
+
+
+if __name__ == "__main__":
+    import argparse
+
+    # python -m train.tiny Qwen/Qwen2.5-3B-Instruct [--hf-cache DIR]
+    parser = argparse.ArgumentParser(description="Save a random-weight stand-in of a Qwen base into an HF cache.")
+    parser.add_argument("hub_id", choices=sorted(QWEN_ARCHITECTURES))
+    parser.add_argument("--hf-cache", default=os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
+    args = parser.parse_args()
+    print(save_standin(args.hub_id, args.hf_cache))
