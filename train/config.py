@@ -114,6 +114,10 @@ class TrainerConfig:
     precision: Precision = Precision.bf16
     # Recompute activations in the backward pass: less memory, ~30% more compute.
     gradient_checkpointing: bool = True
+    # Pack whole examples into rows of data.max_length tokens (best fit). batch_size then counts
+    # rows. Off by default: it changes how many examples a step holds. On a GPU every micro-batch
+    # is padding-free either way (one row, no pad tokens, varlen attention).
+    packing: bool = False
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2

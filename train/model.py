@@ -152,16 +152,24 @@ def torch_dtype(precision: Precision):
     return {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, Precision.fp32: torch.float32}[precision]
 
 
-def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: Precision):
-    """The base model in the run's dtype, or in 4-bit nf4 for QLoRA (non-quantised parts in bf16)."""
+def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: Precision, device: str = "cpu"):
+    """The base model in the run's dtype, or in 4-bit nf4 for QLoRA (non-quantised parts in bf16).
+
+    Attention is picked at run time (train/speed.py): varlen/flash kernels on a CUDA GPU where
+    installed, sdpa elsewhere; model.attn_implementation overrides it.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    from train import speed
+
+    speed.register_varlen_attention()  # lets a recipe name "scion_varlen" too
+    dtype = torch.bfloat16 if peft.method == PeftMethod.qlora else torch_dtype(precision)
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype(precision),
         use_safetensors=True,
         trust_remote_code=cfg.trust_remote_code,
-        attn_implementation=cfg.attn_implementation or "sdpa",
+        attn_implementation=cfg.attn_implementation or speed.pick_attention(device, dtype),
     )
     if peft.method == PeftMethod.qlora:
         from transformers import BitsAndBytesConfig
@@ -177,6 +185,7 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base.local_dir, **kwargs)
+    speed.apply_fused_layer_kernels(model, device)  # Liger's RMSNorm/RoPE/SwiGLU on CUDA, when installed
     return model
 
 

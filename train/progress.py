@@ -25,8 +25,9 @@ class ScionProgress(ProgressCallback):
             loss = logs["loss"]
             # NaN/inf stay visible: formatting them as numbers would hide a diverged run.
             shown = f"{loss:.4f}" if math.isfinite(loss) else str(loss)
+            mfu = f" mfu={logs['mfu']:.1%}" if logs.get("mfu") is not None else ""
             self.training_bar.set_postfix_str(
-                f"loss={shown} lr={logs.get('learning_rate', 0):.2e} tok/s={tokens_per_second:,.0f}", refresh=True
+                f"loss={shown} lr={logs.get('learning_rate', 0):.2e} tok/s={tokens_per_second:,.0f}{mfu}", refresh=True
             )
         elif "eval_loss" in logs:
             self.training_bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")

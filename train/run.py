@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from train import speed
 from train.config import FILE_RECIPES, PeftMethod, Precision, ScionConfig, to_scion_config
 from train.data import PreparedData, prepare_data
 from train.errors import ScionError
@@ -149,9 +150,12 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         include_num_input_tokens_seen="non_padding",
         # The data is tokenized and labelled by train/data.py; TRL must not touch it again.
         dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        # GPU (or packing): padding-free micro-batches for the varlen kernels; the CPU keeps padded
+        # batches (same math, tests/test_speed.py), where sdpa would need an O(T^2) block mask.
+        **(speed.sft_speed_kwargs(device, t.packing, config.data.max_length)
+           if device == "cuda" or t.packing else {"max_length": None}),
     )
 
 
@@ -247,7 +251,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     from train.trainer import PreemptionCallback, Preempted, ScionTrainer
 
     set_seed(config.trainer.seed)
-    model = load_model(base, config.model, config.peft, config.trainer.precision)
+    model = load_model(base, config.model, config.peft, config.trainer.precision, device)
     model = add_adapter(model, config.peft, config.trainer.gradient_checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"model: {base.hub_id or base.name_or_path} ({base.architecture}) on {device}; "
@@ -259,16 +263,22 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
 
     # ---- Train.
     args = sft_args(config, run_dir, device, data.eval is not None)
+    train_rows = data.train
+    if config.trainer.packing:  # seeded, so a resumed run sees the same rows
+        train_rows = speed.pack_dataset(data.train, config.data.max_length, seed=config.trainer.seed)
+    gpu_name = torch.cuda.get_device_name(0) if device == "cuda" else None
     trainer = ScionTrainer(
         model=model,
         args=args,
-        train_dataset=data.train,
+        train_dataset=train_rows,
         eval_dataset=data.eval,
         processing_class=tokenizer,
         resume_fingerprint=fingerprint,
         keep_checkpoints=config.trainer.save_total_limit,
     )
     trainer.remove_callback(ProgressCallback)
+    # tokens/s and MFU into every log (before the progress bar, which shows them)
+    trainer.add_callback(speed.speed_callback(speed.model_flops_per_token(model.config), speed.peak_flops(gpu_name)))
     trainer.add_callback(ScionProgress())
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
@@ -287,8 +297,8 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         "epochs": trainer.state.epoch,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "train_seconds": round(trained - loaded, 2),
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(trained - loaded, 1e-9), 1),
     }
+    metrics.update(speed.run_speed_summary(metrics["tokens_seen"], trained - loaded, model.config, gpu_name))
     if data.eval is not None:
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics["eval_loss"] = eval_loss
@@ -309,7 +319,9 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
                  "max_length": config.data.max_length, "truncation": config.data.truncation.value},
         "metrics": metrics,
         "log_history": trainer.state.log_history,  # per-step loss/lr/eval_loss, for plots
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "device": gpu_name or platform.processor() or "cpu",
+        "speed": {"attn_implementation": model.config._attn_implementation, "packing": config.trainer.packing,
+                  "padding_free": device == "cuda" or config.trainer.packing},
         "versions": package_versions(),
         "timings": {
             "started_at": started_at,

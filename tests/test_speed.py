@@ -1,0 +1,461 @@
+"""The fast path changes no math: packed == padded, fused loss == plain loss, GA and resume exact.
+
+All on the CPU with the tiny random Qwen2/Qwen3 (real 151,936 vocabulary) in float32, so tolerances
+are tight. What only a GPU can show (the varlen kernel itself, speed, memory) is in bench/; the one
+GPU test here is skipped without CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+from train import speed
+
+LENGTHS = [9, 23, 5, 31, 16, 12, 27, 8]  # varied, so padding and packing both matter
+PAD_ID = 151643  # <|endoftext|>, as train/model.py sets it
+
+
+def make_examples(lengths=LENGTHS, seed=0):
+    """Random chat-like examples: the first ~30% of tokens (and always the first) are prompt (-100)."""
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for n in lengths:
+        ids = torch.randint(0, 151000, (n,), generator=g).tolist()
+        prompt = max(1, int(n * 0.3))
+        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return examples
+
+
+def collate(rows, padding_free):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=PAD_ID, padding_free=padding_free)(rows)
+
+
+def lora_model(model_dir, attn="sdpa", fused_head=False):
+    """The tiny model with LoRA on all projections, B randomised (at init B=0 and A gets no gradient)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+    if fused_head:
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    torch.manual_seed(0)  # lora_A's init draws from the global generator
+    model = get_peft_model(model, config)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def loss_and_grads(model, batch, **kwargs):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch, use_cache=False, **kwargs).loss
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def assert_grads_close(a, b, rtol=1e-5):
+    """Every tensor within rtol of the reference, relative to its own scale (norm and largest element).
+
+    Element-wise relative checks fail on the near-zero entries that summation order alone moves.
+    """
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        diff = (a[name] - b[name]).float()
+        assert diff.norm() <= rtol * b[name].norm(), f"{name}: relative error {diff.norm() / b[name].norm():.2e}"
+        assert diff.abs().max() <= rtol * b[name].abs().max(), f"{name}: max error {diff.abs().max():.2e}"
+    assert any(g.abs().sum() > 0 for g in a.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. No token attends across an example boundary
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch,attn", [("qwen2", "sdpa"), ("qwen2", speed.VARLEN_ATTENTION), ("qwen3", speed.VARLEN_ATTENTION)])
+def test_packed_row_equals_each_example_alone(request, arch, attn):
+    from transformers import AutoModelForCausalLM
+
+    speed.register_varlen_attention()
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn).eval()
+    examples = make_examples()
+    row = collate(speed.pack_examples(examples, max_tokens=sum(LENGTHS)), padding_free=True)
+    assert row["input_ids"].shape == (1, sum(LENGTHS))
+    with torch.no_grad():
+        packed = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False,
+                       output_hidden_states=True)
+        alone = [model(input_ids=torch.tensor([e["input_ids"]]), use_cache=False, output_hidden_states=True)
+                 for e in _examples_in_row(row, examples)]
+    # Every layer's hidden states and the logits, token by token.
+    for layer in range(len(packed.hidden_states)):
+        expected = torch.cat([a.hidden_states[layer][0] for a in alone])
+        torch.testing.assert_close(packed.hidden_states[layer][0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed.logits[0], torch.cat([a.logits[0] for a in alone]), rtol=1e-5, atol=1e-5)
+    # And the test can fail: without restarting positions the examples do see each other.
+    with torch.no_grad():
+        leaky = model(input_ids=row["input_ids"], use_cache=False).logits[0]
+    assert not torch.allclose(leaky, packed.logits[0], atol=1e-3)
+
+
+def _examples_in_row(row, examples):
+    """The examples of a collated packed row, in row order (matched by their tokens)."""
+    ids, found = row["input_ids"][0].tolist(), []
+    bounds = row["cu_seq_lens_q"].tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        found.append(next(e for e in examples if e["input_ids"] == ids[start:end]))
+    return found
+
+
+def test_varlen_attention_matches_sdpa_on_a_packed_row():
+    """The varlen function itself (its CPU path) against sdpa with transformers' block-diagonal mask."""
+
+    class Module:
+        num_key_value_groups = 2
+        is_causal = True
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 1, 9, 3]
+    q = torch.randn(1, 4, sum(lengths), 8, generator=g)
+    k, v = torch.randn(1, 2, sum(lengths), 8, generator=g), torch.randn(1, 2, sum(lengths), 8, generator=g)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    cu, max_len = speed.cu_seqlens_from_position_ids(position_ids)
+    assert cu.tolist() == [0, 5, 6, 15, 18] and max_len == 9
+    out, _ = speed.varlen_attention_forward(Module(), q, k, v, None, scaling=8**-0.5, position_ids=position_ids)
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    t = torch.arange(sum(lengths))
+    mask = (segment[:, None] == segment[None, :]) & (t[:, None] >= t[None, :])
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=mask, scale=8**-0.5)
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_varlen_kernel_call_follows_the_signature_of_this_torch():
+    """torch 2.11 (no enable_gqa, causal as window_size), 2.13 (enable_gqa) and a later is_causal."""
+    calls = []
+
+    def fake_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **kwargs):
+        calls.append((k.shape[1], kwargs))
+        return speed._varlen_by_example(q, k, v, cu_q, scale, 0.0)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(12, 4, 8, generator=g), torch.randn(12, 2, 8, generator=g), torch.randn(12, 2, 8, generator=g)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    base = {"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "window_size"}
+    outs = []
+    for params, expected in [
+        (base, (4, {"window_size": (-1, 0)})),  # K/V heads repeated to the query heads
+        (base | {"enable_gqa"}, (2, {"enable_gqa": True, "window_size": (-1, 0)})),
+        (base | {"enable_gqa", "is_causal"}, (2, {"enable_gqa": True, "is_causal": True})),
+    ]:
+        outs.append(speed._varlen_cuda(fake_varlen_attn, frozenset(params), q, k, v, cu, 7, 8**-0.5))
+        assert calls[-1] == expected
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(outs[1], outs[2])
+
+
+def test_varlen_attention_leaves_padded_and_cached_calls_to_sdpa(tiny_qwen2_dir, qwen2_5_tokenizer):
+    """Generation with a padded batch and a KV cache gives the same tokens as sdpa."""
+    from transformers import AutoModelForCausalLM
+
+    speed.register_varlen_attention()
+    prompts = ["Hello there", "What is the capital of Peru? Answer briefly."]
+    tokenizer = qwen2_5_tokenizer  # session-wide: left padding is asked for per call, not set on it
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    assert (batch["attention_mask"] == 0).any()
+    outputs = {}
+    for attn in ("sdpa", speed.VARLEN_ATTENTION):
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32, attn_implementation=attn)
+        outputs[attn] = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(outputs["sdpa"], outputs[speed.VARLEN_ATTENTION])
+
+
+@pytest.mark.gpu
+def test_varlen_kernel_on_cuda_keeps_examples_apart(tiny_qwen2_dir, monkeypatch):
+    """On a GPU: the chosen attention on a packed bf16 row == each example alone, with the real kernel."""
+    from transformers import AutoModelForCausalLM
+
+    attn = speed.pick_attention("cuda", torch.bfloat16)
+    assert attn in ("flash_attention_3", "flash_attention_2", speed.VARLEN_ATTENTION)
+    monkeypatch.setattr(speed, "_varlen_by_example", lambda *a: pytest.fail("the CPU fallback ran on CUDA"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.bfloat16, attn_implementation=attn)
+    model = model.cuda().eval()
+    examples = make_examples()
+    row = collate(speed.pack_examples(examples, max_tokens=sum(LENGTHS)), padding_free=True)
+    order = _examples_in_row(row, examples)
+    inputs = {k: row[k].cuda() for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")}
+    with torch.no_grad():
+        packed = model(**inputs, max_length_q=row["max_length_q"], max_length_k=row["max_length_k"], use_cache=False)
+        alone = [model(input_ids=torch.tensor([e["input_ids"]]).cuda(), use_cache=False).logits[0] for e in order]
+    expected = torch.cat(alone).float()
+    # bf16, and different matmul shapes packed and alone: compare relative to the logits' scale.
+    assert (packed.logits[0].float() - expected).norm() <= 1e-2 * expected.norm()
+
+
+def test_pick_attention_on_cpu_and_registry():
+    from transformers import AttentionInterface
+
+    assert speed.pick_attention("cpu") == "sdpa"
+    assert speed.pick_attention("cuda", torch.float32) == "sdpa"
+    assert speed.register_varlen_attention() in AttentionInterface().valid_keys()
+    kernel, params = speed.varlen_kernel()
+    if kernel is not None:  # the signature is read, not assumed
+        assert {"query", "key", "value", "scale"} <= params
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Packed batch == padded batch: loss and LoRA gradients
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("attn", ["sdpa", speed.VARLEN_ATTENTION])
+def test_packed_loss_and_lora_grads_equal_the_padded_batch(tiny_qwen2_dir, attn):
+    speed.register_varlen_attention()
+    model = lora_model(tiny_qwen2_dir, attn)
+    examples = make_examples()
+    padded = collate(examples, padding_free=False)
+    assert padded["attention_mask"].sum() < padded["attention_mask"].numel()  # there is padding
+    rows = speed.pack_examples(examples, max_tokens=48)
+    assert len(rows) > 1  # several packed rows, flattened by the collator
+    packed = collate(rows, padding_free=True)
+    loss_padded, grads_padded = loss_and_grads(model, padded)
+    loss_packed, grads_packed = loss_and_grads(model, packed)
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=0)
+    assert_grads_close(grads_packed, grads_padded)
+    # Same normalisation: the tokens that are trained are the same ones.
+    assert (packed["labels"] != -100).sum() == (padded["labels"][:, 1:] != -100).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The fused lm_head + log-prob SFTTrainer uses == the plain loss
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_fused_loss_and_grads_equal_the_plain_loss(tiny_qwen2_dir, padding_free):
+    model = lora_model(tiny_qwen2_dir, fused_head=True)
+    examples = make_examples()
+    batch = collate(speed.pack_examples(examples, 64) if padding_free else examples, padding_free=padding_free)
+    loss_plain, grads_plain = loss_and_grads(model, batch)
+    loss_fused, grads_fused = loss_and_grads(model, batch, fused_lm_head=True)
+    torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=0)
+    assert_grads_close(grads_fused, grads_plain)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Through the real SFTTrainer: gradient accumulation, packing, resume
+# ---------------------------------------------------------------------------------------------
+def grad_capture():
+    """A callback keeping the LoRA gradients seen right before each optimizer step (after clipping)."""
+    from transformers import TrainerCallback
+
+    class GradCapture(TrainerCallback):
+        def __init__(self):
+            self.grads = []
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    return GradCapture()
+
+
+def sft_run(model_dir, tokenizer, out, rows, *, batch_size, ga, padding_free, packing=False, steps=1, save_steps=None,
+            resume=None, lr=0.0, attn="sdpa"):
+    """One SFTTrainer run configured like train/run.py's sft_args, plus sft_speed_kwargs."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    kwargs = speed.sft_speed_kwargs("cpu", packing=packing, max_length=64) if padding_free else {"max_length": None}
+    args = SFTConfig(
+        output_dir=str(out), seed=0, data_seed=0, max_steps=steps, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=ga, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, report_to="none", use_cpu=True,
+        # SFTConfig defaults to bf16 autocast and checkpointing; run.py sets both, and fp32 keeps tolerances tight
+        bf16=False, fp16=False, gradient_checkpointing=False,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        include_num_input_tokens_seen="non_padding", dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True, **kwargs,
+    )
+    capture = grad_capture()
+    trainer = SFTTrainer(model=lora_model(model_dir, attn), args=args, train_dataset=datasets.Dataset.from_list(rows),
+                         processing_class=tokenizer, callbacks=[capture])
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, capture.grads
+
+
+def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer,
+                                                                         monkeypatch):
+    """One optimizer step over the same 8 examples, four ways, through SFTTrainer (its fused loss included).
+
+    padded GA=1 batch 8 (the reference) | padded GA=2 batch 4 | padding-free GA=2 batch 4 | packed rows
+    one per micro-batch (GA = number of rows) with scion_varlen attention. Pitfall #7: GA=2 with batch
+    b must equal GA=1 with batch 2b, which needs the loss normalised by the trained tokens of the whole
+    step (Trainer's num_items_in_batch), not averaged per micro-batch: the micro-batches here hold
+    different numbers of trained tokens, so a per-micro-batch mean fails this test (checked by hand:
+    a relative gradient error of 2e-2).
+    """
+    examples = make_examples()
+    rows = speed.pack_examples(examples, max_tokens=64)
+    n_rows = len(rows)
+    assert 1 < n_rows < len(examples)
+    runs = {
+        "padded": dict(rows=examples, batch_size=8, ga=1, padding_free=False),
+        "padded_ga2": dict(rows=examples, batch_size=4, ga=2, padding_free=False),
+        "padding_free_ga2": dict(rows=examples, batch_size=4, ga=2, padding_free=True),
+        "packed_ga": dict(rows=rows, batch_size=1, ga=n_rows, padding_free=True, packing=True,
+                          attn=speed.register_varlen_attention()),
+    }
+    # The packed run's attention must get the example boundaries from the collator's cu_seq_lens,
+    # passed through Trainer, PEFT and the fused head, not recompute them from position_ids.
+    monkeypatch.setattr(speed, "cu_seqlens_from_position_ids", lambda *a: pytest.fail("cu_seq_lens did not arrive"))
+    grads = {}
+    for name, kwargs in runs.items():
+        trainer, captured = sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / name, **kwargs)
+        assert len(captured) == 1 and trainer.state.global_step == 1
+        grads[name] = captured[0]
+    for name in runs:
+        assert_grads_close(grads[name], grads["padded"])
+
+
+def test_packed_sft_run_resumes_exactly(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer):
+    """2 packed steps straight == 1 step, stop, resume from checkpoint-1 for 1 more (same LoRA weights)."""
+    rows = speed.pack_examples(make_examples(seed=3), max_tokens=40)
+    common = dict(rows=rows, batch_size=1, ga=1, padding_free=True, packing=True, steps=2, lr=1e-2)
+    straight, _ = sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "straight", **common)
+    sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "stopped", **{**common, "steps": 1}, save_steps=1)
+    resumed, _ = sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "stopped", **common,
+                         resume=str(tmp_path / "stopped" / "checkpoint-1"))
+    a = {n: p for n, p in straight.model.named_parameters() if p.requires_grad}
+    b = {n: p for n, p in resumed.model.named_parameters() if p.requires_grad}
+    assert_grads_close({n: p.detach() for n, p in b.items()}, {n: p.detach() for n, p in a.items()})
+    losses = lambda t: [round(h["loss"], 5) for h in t.state.log_history if "loss" in h]  # noqa: E731
+    assert losses(resumed)[-1:] == losses(straight)[-1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Best-fit packing
+# ---------------------------------------------------------------------------------------------
+def test_best_fit_packing_keeps_every_example_whole_and_once():
+    import random
+
+    rng = random.Random(0)
+    lengths = [min(2048, max(1, int(rng.lognormvariate(6.1, 0.8)))) for _ in range(3000)]
+    bins = speed.best_fit_bins(lengths, capacity=4096, seed=0)
+    flat = sorted(i for b in bins for i in b)
+    assert flat == list(range(len(lengths)))  # every example exactly once
+    assert all(sum(lengths[i] for i in b) <= 4096 for b in bins)
+    # Best fit is close to the bound: a fill of over 97% here, against 1 row per 4096 tokens.
+    assert len(bins) <= 1.03 * sum(lengths) / 4096 + 1
+
+    examples = make_examples([5, 17, 3, 40, 11, 29, 2, 8], seed=4)
+    rows = speed.pack_examples(examples, max_tokens=40, seed=1)
+    seen = []
+    for row in rows:
+        assert len(row["input_ids"]) == len(row["labels"]) == sum(row["seq_lengths"]) <= 40
+        start = 0
+        for n in row["seq_lengths"]:
+            piece = {"input_ids": row["input_ids"][start:start + n], "labels": row["labels"][start:start + n]}
+            seen.append(examples.index(piece))  # whole: tokens and labels intact
+            start += n
+    assert sorted(seen) == list(range(len(examples)))
+    assert speed.packing_efficiency(rows, 40) > 0.7
+    import datasets
+
+    assert speed.pack_dataset(datasets.Dataset.from_list(examples), 40, seed=1).to_list() == rows
+    with pytest.raises(ValueError, match="longer than the row budget 30"):
+        speed.pack_examples(examples, max_tokens=30)
+
+
+def test_sft_speed_kwargs_are_sftconfig_fields():
+    import dataclasses
+
+    from trl import SFTConfig
+
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    for device in ("cpu", "cuda"):
+        for packing in (False, True):
+            kwargs = speed.sft_speed_kwargs(device, packing, 2048)
+            assert set(kwargs) <= fields and kwargs["padding_free"] is True
+    assert speed.sft_speed_kwargs("cpu", False, 2048)["max_length"] is None  # TRL refuses padding-free + max_length
+    assert speed.sft_speed_kwargs("cpu", True, 2048)["max_length"] == 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Activation memory policy and FLOPs
+# ---------------------------------------------------------------------------------------------
+def test_checkpointing_policies_give_the_same_grads(tiny_qwen2_dir):
+    batch = collate(speed.pack_examples(make_examples(), 64), padding_free=True)
+    _, reference = loss_and_grads(lora_model(tiny_qwen2_dir).train(), batch)
+    for policy in ("full", "selective", "offload"):
+        model = lora_model(tiny_qwen2_dir).train()
+        speed.enable_checkpointing(model, policy)
+        assert model.get_base_model().is_gradient_checkpointing
+        _, checkpointed = loss_and_grads(model, batch)
+        assert_grads_close(checkpointed, reference)
+
+
+def test_pick_checkpointing_and_flops():
+    from transformers import Qwen2Config
+
+    # Qwen2.5-3B's shape: 4·N is the H100 probe's "model TFLOP/s (4N)" divided by tokens/s.
+    cfg = Qwen2Config(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+    assert speed.matmul_params(cfg) == 36 * (2048 * 128 * (32 + 4) + 3 * 2048 * 11008) + 151936 * 2048
+    assert 146 <= 11851 * speed.model_flops_per_token(cfg) / 1e12 <= 147  # the probe's packed_varlen_liger row
+    assert speed.model_flops_per_token(cfg, speed.mean_attended_keys([450])) > speed.model_flops_per_token(cfg)
+    assert speed.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and speed.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert speed.peak_flops("NVIDIA L40S") == 362e12 and speed.peak_flops("cpu") is None
+    assert speed.mfu(1000.0, 1e9, None) is None and speed.mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+
+    gib = 2**30
+    # Ordered by memory: none > selective > full > offload, and the policy relaxes as memory grows.
+    per = [speed.activation_bytes_per_token(cfg, p) for p in ("none", "selective", "full", "offload")]
+    assert per == sorted(per, reverse=True)
+    picks = [speed.pick_checkpointing(free * gib, 8 * gib, 16384, cfg) for free in (15, 18, 22, 200)]
+    assert picks == ["offload", "full", "selective", "none"]
+    # Calibration against the probe: 3B at 8,192 tokens without checkpointing peaked at 51.2 GiB (Liger on).
+    assert 40 * gib < speed.activation_bytes_per_token(cfg, "none") * 8192 + 6.5 * gib < 60 * gib
+
+
+def test_speed_callback_logs_tokens_per_second_into_history():
+    from transformers import TrainerControl, TrainerState
+
+    callback = speed.speed_callback(flops_per_token=1e9, peak=1e13)
+    state = TrainerState()
+    state.num_input_tokens_seen, state.global_step = 0, 0
+    callback.on_train_begin(None, state, TrainerControl())
+    state.num_input_tokens_seen, state.global_step = 5000, 1
+    logs = {"loss": 1.0}
+    state.log_history.append({**logs, "step": 1})
+    callback.on_log(None, state, TrainerControl(), logs=logs)
+    assert logs["tokens_per_second"] > 0 and logs["mfu"] > 0
+    assert state.log_history[-1]["tokens_per_second"] == logs["tokens_per_second"]
+    summary = speed.run_speed_summary(1000, 2.0, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                                   "num_attention_heads": 4, "num_key_value_heads": 2,
+                                                   "vocab_size": 151936}, None)
+    assert summary["tokens_per_second"] == 500.0 and summary["mfu"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. The benchmark's CPU smoke mode
+# ---------------------------------------------------------------------------------------------
+def test_bench_smoke_runs_both_configurations(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "lora_bench.py"), "--smoke", "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    by_config = {r["config"]: r for r in report["results"]}
+    assert set(by_config) >= {"stock", "scion"}
+    for r in by_config.values():
+        assert r["status"] == "ok" and r["tokens_per_s"] > 0 and r["real_tokens"] > 0
+    assert by_config["scion"]["vs_stock_tokens_per_s"] > 0
+    assert "stock" in result.stdout and "scion" in result.stdout  # the table
