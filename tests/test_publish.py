@@ -112,10 +112,11 @@ def test_all_three_kinds_publish_with_lineage_and_load_back(hub_server, trained,
     assert (meta["base_model"], meta["base_model_relation"]) == ("me/quick-merged", "quantized")
     assert "base_model:quantized:me/quick-merged" in api.model_info("me/quick-GGUF").tags
     assert sorted(p.name for p in gguf_dir.glob("*.gguf")) == ["quick-F16.gguf", "quick-Q8_0.gguf"]
-    for name, rel in (("quick-F16.gguf", 0.03), ("quick-Q8_0.gguf", 0.06)):
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name, dtype=torch.float32)
-        with torch.no_grad():
-            assert_close_logits(gguf_model(input_ids=ids).logits, reference, rel=rel)
+    # transformers reads a GGUF back independently of our writer (Q8_0 is checked in test_gguf.py,
+    # with a faster reader: each from_pretrained of a Qwen-vocabulary GGUF takes ~40 s here).
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="quick-F16.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert_close_logits(gguf_model(input_ids=ids).logits, reference, rel=0.03)
 
 
 def test_same_content_again_makes_no_commit_and_dry_run_uploads_nothing(hub_server, trained, tmp_path, capsys):

@@ -181,3 +181,42 @@ def test_hf_cache_snapshot_gives_hub_id_and_sha_offline(tmp_path, tiny_qwen2_dir
     assert (by_id.hub_id, by_id.commit_sha) == ("Qwen/Qwen2.5-0.5B-Instruct", sha)
     by_path = resolve_base(ModelConfig(name_or_path=str(snapshot)))
     assert (by_path.hub_id, by_path.commit_sha) == ("Qwen/Qwen2.5-0.5B-Instruct", sha)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_cpu_trained_positions_loss_equals_trls_fused_loss(tiny_qwen2_dir, padding_free):
+    """ScionTrainer's CPU loss (LM head on trained positions only) is TRL's loss, value and gradient."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from train.trainer import ScionTrainer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs",))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = torch.randint(0, 150_000, (2, 12))
+    labels = ids.clone()
+    labels[:, :7] = -100
+    if padding_free:  # two examples in one row, positions restarting
+        inputs = {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1),
+                  "position_ids": torch.arange(12).repeat(2)[None]}
+        reference_inputs = dict(inputs, labels=inputs["labels"].masked_fill(inputs["position_ids"] == 0, -100))
+    else:
+        inputs = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+        reference_inputs = inputs
+
+    class CpuArgs:
+        device = torch.device("cpu")
+
+    trainer = type("T", (), {"args": CpuArgs()})()
+    ours = ScionTrainer.compute_loss(trainer, model, inputs, num_items_in_batch=torch.tensor(10))
+    ours.backward()
+    ours_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    theirs = model(**reference_inputs, fused_lm_head=True, num_items_in_batch=torch.tensor(10)).loss
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for mine, ref in zip(ours_grads, [p.grad for p in model.parameters() if p.requires_grad]):
+        torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-7)

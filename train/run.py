@@ -193,6 +193,10 @@ def train(config: ScionConfig) -> TrainResult:
 
     # ---- Preflight: config, base files, tokenizer, every data row. Nothing written yet.
     check_config(config)
+    if config.eval.enabled:
+        from eval.run import preflight as check_eval
+
+        check_eval(config)
     device = pick_device(config)
     base = resolve_base(config.model)
     if base.max_position_embeddings and config.data.max_length > base.max_position_embeddings:
@@ -335,7 +339,13 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     write_json_atomic(run_dir / RUN_FILE, run)
     print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
 
-    # ---- Publish, when the recipe or command line names a repo.
+    # ---- Evaluate against the base (same split, prompts and decoding), reusing the model in memory.
+    if config.eval.enabled:
+        from eval.run import evaluate_run
+
+        evaluate_run(run_dir, config.eval, model=trainer.model, tokenizer=tokenizer)
+
+    # ---- Publish, when the recipe or command line names a repo (with the eval results in the card).
     if config.publish.repo_id:
         from publish.run import publish_run
 

@@ -72,6 +72,31 @@ class ScionTrainer(SFTTrainer):
         self.resume_fingerprint = resume_fingerprint
         self.keep_checkpoints = keep_checkpoints
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Off CUDA, project only the trained positions through the LM head.
+
+        TRL's fused LM head scores only labelled positions where Triton runs (CUDA), but every
+        position elsewhere: on a CPU that is a 151,936-wide projection and softmax for each prompt
+        token too, most of a tiny model's step time. The loss is the same sum over trained tokens
+        divided by the same count (tests/test_speed.py checks it against TRL's).
+        """
+        if self.args.device.type == "cuda" or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        import torch.nn.functional as F
+
+        labels = inputs["labels"]
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        decoder_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+        hidden = causal_lm.model(**decoder_inputs, use_cache=False).last_hidden_state
+        targets = labels[:, 1:]
+        if "position_ids" in inputs and "attention_mask" not in inputs:  # padding-free: no target across examples
+            targets = targets.masked_fill(inputs["position_ids"][:, 1:] == 0, -100)
+        mask = targets != -100
+        logits = causal_lm.lm_head(hidden[:, :-1][mask]).float()
+        total = F.cross_entropy(logits, targets[mask], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
+        return total / count
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         # One host sync per micro-batch: cheap next to a LoRA step, and it names the exact step.

@@ -11,7 +11,8 @@ from pathlib import Path
 
 POSITIVE = ["love", "great", "wonderful", "excellent", "happy", "fantastic", "delightful", "superb"]
 NEGATIVE = ["hate", "awful", "terrible", "boring", "sad", "horrible", "dreadful", "poor"]
-THINGS = ["movie", "book", "meal", "song", "trip", "game", "show", "hotel", "phone", "class"]
+THINGS = ["movie", "book", "meal", "song", "trip", "game", "show", "hotel", "phone", "class", "album", "park",
+          "cafe", "laptop", "concert", "museum", "novel", "podcast", "course", "train ride"]
 CAPITALS = {
     "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
     "Canada": "Ottawa", "Egypt": "Cairo", "Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo",
@@ -53,10 +54,15 @@ def make_row(rng):
 def main():
     rng = random.Random(1234)
     out = Path(__file__).parent
+    seen = set()  # every row is unique, and eval rows never appear in train
     for name, count in (("train.jsonl", 320), ("eval.jsonl", 48)):
-        with open(out / name, "w") as f:
-            for _ in range(count):
-                f.write(json.dumps(make_row(rng)) + "\n")
+        rows = []
+        while len(rows) < count:
+            row = json.dumps(make_row(rng))
+            if row not in seen:
+                seen.add(row)
+                rows.append(row)
+        (out / name).write_text("".join(r + "\n" for r in rows))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,282 @@
+"""Evaluation on tiny models: a fine-tune that beats its base, the stop rate, lm-eval on a local
+task, results.json against its schema, the eval.py entry point, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO_ROOT, run_script, write_jsonl
+from train.config import DataConfig, EvalConfig, HarnessConfig, ModelConfig, PeftConfig, Precision, ScionConfig, TrainerConfig
+from train.errors import ScionError
+
+LM_EVAL_TASKS = REPO_ROOT / "tests" / "fixtures" / "lm_eval"
+# Echo a word given ten times: a tiny random model learns this in ~20 LoRA steps. Facts like
+# "capital of France? -> Paris" it cannot: with embeddings 25x larger than its layer outputs, the
+# last prompt position barely sees the question unless the question fills the context.
+WORDS = ["blue", "green", "river", "stone"]
+EVAL = EvalConfig(max_new_tokens=8, batch_size=8, num_samples=2,
+                  harness=HarnessConfig(tasks=["scion_capitals", "scion_hub_only"], include_path=str(LM_EVAL_TASKS), limit=4))
+
+
+def memorize_config(folder: Path) -> ScionConfig:
+    data = write_jsonl(folder / "echo.jsonl", [{"prompt": " ".join([w] * 10), "completion": w} for w in WORDS])
+    return ScionConfig(
+        model=ModelConfig(name_or_path="tiny:qwen2"),
+        peft=PeftConfig(r=16, alpha=32, dropout=0.0),
+        # Train == eval: the point is a fine-tune that measurably beats its base.
+        data=DataConfig(train=str(data), eval=str(data), max_length=64, system_prompt="Be brief."),
+        trainer=TrainerConfig(output_dir=str(folder / "run"), seed=42, max_steps=24, batch_size=len(WORDS),
+                              gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0,
+                              precision=Precision.fp32, gradient_checkpointing=False, logging_steps=5, save_steps=1000),
+        eval=EVAL,
+        recipe_name="echo",
+    )
+
+
+def copy_run(run_dir: Path, target: Path) -> Path:
+    """The parts of a run directory evaluation reads (no checkpoints)."""
+    shutil.copytree(run_dir / "adapter", target / "adapter")
+    for name in ("recipe.yaml", "run.json"):
+        shutil.copy(run_dir / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """The Hub is unreachable, as on an offline machine (and instantly, without retries)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+        patch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+        yield
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory, offline):
+    """Train on the echo task, then evaluate with the trained model still in memory (as train.py will)."""
+    from eval.run import evaluate_run
+    from train.run import train
+
+    result = train(memorize_config(tmp_path_factory.mktemp("echo")))
+    result.model.train()  # as the Trainer leaves it, with the KV cache off
+    result.model.config.use_cache = False
+    results = evaluate_run(result.run_dir, EVAL, model=result.model, tokenizer=result.tokenizer)
+    return result, results
+
+
+def test_finetune_beats_its_base_on_loss_and_exact_match(echo):
+    result, results = echo
+    m = results["metrics"]
+    assert m["loss"]["finetune"] < m["loss"]["base"] / 5
+    assert m["perplexity"]["finetune"] < m["perplexity"]["base"]
+    assert m["exact_match"]["base"] == 0.0 and m["exact_match"]["finetune"] >= 0.5
+    assert m["exact_match"]["delta"] == pytest.approx(m["exact_match"]["finetune"])
+    assert m["normalized_match"]["finetune"] >= m["exact_match"]["finetune"]
+    assert m["rouge_l"]["finetune"] > m["rouge_l"]["base"] and m["chrf"]["finetune"] > m["chrf"]["base"]
+    # It learned to stop: answer + <|im_end|>.
+    assert m["stop_rate"]["finetune"] == 1.0 and m["mean_generated_tokens"]["finetune"] < 3
+    assert results["data"]["examples"] == len(WORDS) and results["data"]["matches_training"] is True
+    assert results["decoding"]["strategy"] == "greedy" and results["decoding"]["stop_token_ids"] == [151643, 151645]
+    # The caller's train mode survives the evaluation (pitfalls.md #13).
+    assert result.model.training and result.model.config.use_cache is False
+
+
+def test_results_files_and_schema(echo):
+    import jsonschema
+
+    result, results = echo
+    out = result.run_dir / "eval"
+    written = json.loads((out / "results.json").read_text())
+    schema = json.loads((REPO_ROOT / "eval" / "results.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(written)
+    assert written == json.loads(json.dumps(results))
+    assert written["data"]["sha256"] == written["data"]["fingerprint"] and len(written["data"]["fingerprint"]) == 64
+
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["index"] for s in samples] == list(range(len(WORDS)))
+    assert [s["reference"] for s in samples] == WORDS
+    assert samples[0]["prompt"][-1] == {"role": "user", "content": " ".join([WORDS[0]] * 10)}
+    assert written["samples"] == samples[:2]
+    # Per-example scores add up to the corpus metrics.
+    assert sum(s["finetune"]["exact_match"] for s in samples) / len(samples) == results["metrics"]["exact_match"]["finetune"]
+    for name in ("loss_curves.png", "metrics.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_lm_eval_runs_a_local_task_and_skips_one_without_local_data(echo):
+    _, results = echo
+    harness = results["harness"]
+    accuracy = harness["results"]["scion_capitals"]["acc"]
+    assert 0.0 <= accuracy["base"] <= 1.0 and 0.0 <= accuracy["finetune"] <= 1.0
+    assert accuracy["delta"] == pytest.approx(accuracy["finetune"] - accuracy["base"])
+    assert harness["settings"]["limit"] == 4 and "scion_hub_only" not in harness["results"]
+    [skipped] = harness["skipped"]
+    assert skipped["task"] == "scion_hub_only" and "not available locally" in skipped["reason"]
+    assert "\n" not in skipped["reason"]
+
+
+def never_stopping(base_dir: Path, tokenizer):
+    """The tiny base with an untied lm_head whose <|im_end|> and <|endoftext|> rows are zero: their
+    logits are exactly 0, below the largest of ~152k random logits, so greedy never picks them."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    weight = model.get_output_embeddings().weight.detach().clone()  # the input embeddings stay intact
+    weight[[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]] = 0.0
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    model.lm_head.weight = torch.nn.Parameter(weight)
+    return model
+
+
+def test_stop_rate_flags_a_model_that_never_stops(echo, tmp_path, tiny_qwen2_dir):
+    from peft import PeftModel
+
+    from eval.run import evaluate_run
+
+    result, trained = echo
+    run = copy_run(result.run_dir, tmp_path / "run")
+    model = PeftModel.from_pretrained(never_stopping(tiny_qwen2_dir, result.tokenizer), run / "adapter")
+    assert model.get_base_model().lm_head.weight.data_ptr() != model.get_base_model().get_input_embeddings().weight.data_ptr()
+    results = evaluate_run(run, EvalConfig(max_new_tokens=6, batch_size=8, num_samples=0), model=model, tokenizer=result.tokenizer)
+    for variant in ("base", "finetune"):
+        assert results["metrics"]["stop_rate"][variant] == 0.0
+        assert results["metrics"]["mean_generated_tokens"][variant] == 6.0
+    assert any("<|im_end|>" in w and "pitfalls.md #1" in w for w in results["warnings"])
+    # The same adapter on the intact base stops every time.
+    assert trained["metrics"]["stop_rate"]["finetune"] == 1.0 and not trained["warnings"]
+
+
+def test_eval_py_reloads_the_run_and_matches_the_in_memory_evaluation(echo, tmp_path):
+    result, in_memory = echo
+    run = copy_run(result.run_dir, tmp_path / "run")
+    cli = run_script("eval.py", f"run_dir={run}", "eval.harness.tasks=[]", "eval.num_samples=1", cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "fine-tune" in cli.stdout and "Exact match" in cli.stdout
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["decoding"]["max_new_tokens"] == EVAL.max_new_tokens and len(results["samples"]) == 1
+    assert results["harness"]["tasks"] == [] and results["harness"]["results"] == {}
+    for name in ("loss", "exact_match", "stop_rate"):
+        for variant in ("base", "finetune"):
+            assert results["metrics"][name][variant] == pytest.approx(in_memory["metrics"][name][variant], rel=1e-4)
+
+
+def mutate_recipe(run: Path, **data) -> None:
+    recipe = OmegaConf.load(run / "recipe.yaml")
+    for key, value in data.items():
+        recipe.data[key] = value
+    OmegaConf.save(recipe, run / "recipe.yaml")
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("typo", "error: eval.max_new_token: unknown key"),
+        ("bad_value", "error: eval.max_new_tokens: Value 'many'"),
+        ("not_eval", "error: model.name_or_path: only run_dir=<path> and eval.* keys"),
+        ("no_adapter", "has no adapter (adapter/adapter_config.json)"),
+        ("empty_eval", "empty.jsonl is empty"),
+        ("no_reference", "bad.jsonl:2: it has no assistant turn, so there is no reference answer"),
+        ("empty_reference", "bad.jsonl:1: its 'completion' is missing or empty"),
+        ("no_eval_split", "the run has no eval split"),
+        ("unknown_task", "eval.harness.tasks: unknown task 'scion_capitalz'"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_exit_2(echo, tmp_path, capsys, case, message):
+    from eval.run import main
+
+    run = copy_run(echo[0].run_dir, tmp_path / "run")
+    args = [f"run_dir={run}", "eval.harness.tasks=[]"]
+    if case == "typo":
+        args.append("eval.max_new_token=4")
+    elif case == "bad_value":
+        args.append("eval.max_new_tokens=many")
+    elif case == "not_eval":
+        args.append("model.name_or_path=other")
+    elif case == "no_adapter":
+        shutil.rmtree(run / "adapter")
+    elif case == "empty_eval":
+        (tmp_path / "empty.jsonl").write_text("")
+        mutate_recipe(run, eval=str(tmp_path / "empty.jsonl"))
+    elif case == "no_reference":
+        good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+        write_jsonl(tmp_path / "chats.jsonl", [good])  # the format is detected on the train file
+        write_jsonl(tmp_path / "bad.jsonl", [good, {"messages": [{"role": "user", "content": "hi"}]}])
+        mutate_recipe(run, train=str(tmp_path / "chats.jsonl"), eval=str(tmp_path / "bad.jsonl"))
+    elif case == "empty_reference":
+        write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "hi", "completion": " "}])
+        mutate_recipe(run, eval=str(tmp_path / "bad.jsonl"))
+    elif case == "no_eval_split":
+        mutate_recipe(run, eval=None, eval_ratio=0.0)
+    elif case == "unknown_task":
+        args += [f"eval.harness.include_path={LM_EVAL_TASKS}", "eval.harness.tasks=[scion_capitalz]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    if case == "unknown_task":
+        assert "did you mean scion_capitals" in err[0]
+    assert not (run / "eval" / "results.json").exists()
+
+
+def test_preflight_catches_eval_problems_before_training(tmp_path):
+    from eval.run import preflight
+
+    config = memorize_config(tmp_path)
+    config.data.eval = None
+    with pytest.raises(ScionError, match="eval.enabled=true needs held-out data"):
+        preflight(config)
+    config.eval.enabled = False
+    preflight(config)
+    config.eval.enabled, config.data.eval_ratio = True, 0.25
+    config.eval.harness = HarnessConfig(tasks=["scion_capitals"], include_path=str(LM_EVAL_TASKS))
+    preflight(config)
+    config.eval.max_new_tokens = 0
+    with pytest.raises(ScionError, match="eval.max_new_tokens must be at least 1"):
+        preflight(config)
+
+
+def test_eval_overrides_are_typed_and_checked():
+    from eval.config import apply_overrides, check_eval_config
+
+    config = apply_overrides(EvalConfig(), ["eval.max_new_tokens=7", "eval.harness.tasks=[a,b]", "eval.max_examples=null"])
+    assert (config.max_new_tokens, config.harness.tasks, config.max_examples) == (7, ["a", "b"], None)
+    with pytest.raises(ScionError, match=r"eval.harness.taks: unknown key"):
+        apply_overrides(EvalConfig(), ["eval.harness.taks=[a]"])
+    with pytest.raises(ScionError, match=r"eval.batch_size must be at least 1, got 0"):
+        check_eval_config(apply_overrides(EvalConfig(), ["eval.batch_size=0"]))
+
+
+@pytest.mark.parametrize("tokenizer_fixture", ["qwen2_5_tokenizer", "qwen3_tokenizer"])
+def test_generation_prompt_is_the_training_rendering_up_to_the_last_answer(request, tokenizer_fixture):
+    """Prompt + reference + <|im_end|> is exactly what training renders (Qwen3: empty think block)."""
+    from eval.data import split_at_last_answer
+    from eval.scoring import render_prompt
+
+    tokenizer = request.getfixturevalue(tokenizer_fixture)
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Capital of Peru?"}, {"role": "assistant", "content": "Lima"}]
+    prompt, reference = split_at_last_answer(messages)
+    assert reference == "Lima" and prompt == messages[:3]
+    assert render_prompt(tokenizer, prompt) + reference + "<|im_end|>\n" == tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def test_normalized_match_ignores_case_punctuation_and_articles():
+    from eval.metrics import normalize
+
+    assert normalize("The answer:  Paris!") == normalize("answer paris") == "answer paris"
+    assert normalize("An apple.") == "apple" and normalize("Lima") != normalize("Quito")
+
+
+def test_speed_benchmark_smoke_mode(tmp_path):
+    result = run_script("bench/eval_speed.py", "--smoke", "--work-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("eval_speed: 4 examples x 4 new tokens") and "base + fine-tune:" in last
+    assert (tmp_path / "run" / "eval" / "results.json").is_file()
