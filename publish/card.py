@@ -62,7 +62,8 @@ def eval_results(results: Optional[dict[str, Any]], model_name: str) -> list:
 
     if not results:
         return []
-    dataset = results.get("dataset", {})
+    data = results.get("data", {})
+    name = source_name(data) if data.get("source") else "held-out split"
     entries = []
     for metric, values in sorted(results.get("metrics", {}).items()):
         value = values.get("finetune") if isinstance(values, dict) else None
@@ -70,14 +71,25 @@ def eval_results(results: Optional[dict[str, Any]], model_name: str) -> list:
             continue
         entries.append(EvalResult(
             task_type="text-generation",
-            dataset_type=dataset.get("type", "custom"),
-            dataset_name=dataset.get("name", "held-out split"),
-            dataset_split=dataset.get("split"),
+            dataset_type=name if is_hub_source(data) else "custom",
+            dataset_name=name,
+            dataset_split=data.get("split"),
             metric_type=metric,
-            metric_name=metric,
+            metric_name=values.get("label", metric),
             metric_value=round(float(value), 6),
         ))
     return entries
+
+
+def is_hub_source(source: dict[str, Any]) -> bool:
+    return "sha256" not in source and "split_from_train" not in source
+
+
+def source_name(source: dict[str, Any]) -> str:
+    """A Hub dataset id as is; a local file by its name only (no paths of this machine in a card)."""
+    from pathlib import Path
+
+    return source["source"] if is_hub_source(source) else Path(source["source"]).name
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -103,7 +115,7 @@ def build_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     base = run["base"]
-    hub_datasets = sorted({s["source"] for s in run["data"]["sources"] if "sha256" not in s and "split_from_train" not in s})
+    hub_datasets = sorted({s["source"] for s in run["data"]["sources"] if is_hub_source(s)})
     tags = ["scion", "qwen", RELATION[kind]]
     if kind == DerivativeKind.adapter:
         tags += ["lora", recipe["peft"]["method"]]
@@ -134,7 +146,7 @@ def build_card(
         ("loss", "assistant tokens only" if d["assistant_only_loss"] else "all tokens"),
     ])
     sources = "\n".join(
-        f"- `{s['source']}` ({s['role']}, {s.get('rows', '?')} rows"
+        f"- `{source_name(s)}` ({s['role']}, {s.get('rows', '?')} rows"
         + (f", sha256 `{s['sha256'][:16]}…`" if "sha256" in s else "")
         + (f", fingerprint `{s['fingerprint']}`" if "fingerprint" in s else "") + ")"
         for s in run["data"]["sources"]
