@@ -223,13 +223,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
     import train.trainer as scion_trainer
     from train.run import train
 
-    compute_loss = scion_trainer.SFTTrainer.compute_loss
+    compute_loss = scion_trainer.ScionTrainer.compute_loss
 
     def nan_at_step_3(self, model, inputs, *args, **kwargs):
         loss = compute_loss(self, model, inputs, *args, **kwargs)
         return loss * float("nan") if self.state.global_step == 2 else loss
 
-    monkeypatch.setattr(scion_trainer.SFTTrainer, "compute_loss", nan_at_step_3)
+    monkeypatch.setattr(scion_trainer.ScionTrainer, "compute_loss", nan_at_step_3)
     with pytest.raises(scion_trainer.NonFiniteError, match=r"the loss is nan at step 3; stopping.*checkpoint-2"):
         train(config_for(tmp_path / "run"))
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / MARKER).is_file()

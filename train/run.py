@@ -90,6 +90,11 @@ def check_config(config: ScionConfig) -> None:
         raise ScionError("peft.method=qlora computes in bf16; set trainer.precision=bf16")
 
 
+def will_evaluate(config: ScionConfig) -> bool:
+    """Evaluation is on by default, and needs a held-out split to compare base and fine-tune on."""
+    return config.eval.enabled and bool(config.data.eval or config.data.eval_ratio > 0)
+
+
 def pick_device(config: ScionConfig) -> str:
     import torch
 
@@ -193,10 +198,12 @@ def train(config: ScionConfig) -> TrainResult:
 
     # ---- Preflight: config, base files, tokenizer, every data row. Nothing written yet.
     check_config(config)
-    if config.eval.enabled:
+    if will_evaluate(config):
         from eval.run import preflight as check_eval
 
         check_eval(config)
+    elif config.eval.enabled:
+        print("eval: skipped: no held-out split (set data.eval or data.eval_ratio to compare with the base)", flush=True)
     device = pick_device(config)
     base = resolve_base(config.model)
     if base.max_position_embeddings and config.data.max_length > base.max_position_embeddings:
@@ -340,7 +347,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
 
     # ---- Evaluate against the base (same split, prompts and decoding), reusing the model in memory.
-    if config.eval.enabled:
+    if will_evaluate(config):
         from eval.run import evaluate_run
 
         evaluate_run(run_dir, config.eval, model=trainer.model, tokenizer=tokenizer)
