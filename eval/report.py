@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from eval.metrics import METRICS
-from train.rundir import write_json_atomic, write_text_atomic
+from train.rundir import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 RESULTS_VERSION = 1
 EVAL_DIR = "eval"
@@ -70,18 +68,6 @@ def warnings_for(metrics: dict[str, dict[str, Any]], data: dict[str, Any]) -> li
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
 

@@ -18,7 +18,6 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -33,6 +32,7 @@ from eval.report import (
 from eval.scoring import assistant_loss, decoding_settings, encode_for_loss, generate_all, inference_mode
 from train.config import EvalConfig, PeftMethod, ScionConfig
 from train.errors import ScionError
+from train.run import package_versions
 from train.rundir import ADAPTER_DIR, load_run
 
 VARIANTS = ("base", "finetune")
@@ -70,18 +70,6 @@ def load_run_model(run_dir: Path, recipe: ScionConfig):
     if torch.cuda.is_available() and recipe.peft.method != PeftMethod.qlora:  # QLoRA is placed when loaded
         model = model.to("cuda")
     return PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR), tokenizer
-
-
-def package_versions() -> dict[str, str]:
-    from train.run import package_versions as training_versions
-
-    versions = training_versions()
-    for name in EVAL_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def data_summary(eval_set: EvalSet, run: dict[str, Any], max_examples: Optional[int], loss_examples: int, loss_tokens: int) -> dict[str, Any]:
@@ -155,7 +143,7 @@ def build_results(run_dir: Path, run: dict[str, Any], recipe: ScionConfig, cfg: 
         "samples": all_samples[: cfg.num_samples],
         "warnings": warnings_for(metrics, data),
         "files": {"samples": SAMPLES_FILE, "loss_curves": LOSS_PLOT, "metrics_plot": METRICS_PLOT},
-        "versions": package_versions(),
+        "versions": package_versions(tuple(EVAL_PACKAGES)),
         "timings": {
             "base_seconds": scores["base"]["seconds"],
             "finetune_seconds": scores["finetune"]["seconds"],

@@ -60,9 +60,10 @@ def main_from_hydra(cfg: DictConfig) -> None:
         sys.exit(e.exit_code)
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of Python and the packages a result depends on (PACKAGES plus `extra`)."""
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in (*PACKAGES, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
