@@ -19,7 +19,7 @@ LIBRARY = {DerivativeKind.adapter: "peft", DerivativeKind.merged: "transformers"
 WHAT = {
     DerivativeKind.adapter: "a LoRA adapter for",
     DerivativeKind.merged: "a fine-tune (LoRA merged into the full weights) of",
-    DerivativeKind.gguf: "GGUF files (llama.cpp) of",
+    DerivativeKind.gguf: "a GGUF conversion (for llama.cpp) of",
 }
 
 
@@ -51,7 +51,7 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0], skip_spe
 # llama.cpp
 llama-cli --hf-repo {repo_id} --hf-file {first} -cnv
 # or download and run locally
-huggingface-cli download {repo_id} {first} --local-dir .
+hf download {repo_id} {first} --local-dir .
 llama-cli -m {first} -cnv
 ```"""
 
