@@ -162,12 +162,15 @@ def build_card(
         eval_section = "## Evaluation against the base\n\nScored on the same held-out split with the same prompts and decoding.\n\n" + "\n".join(rows) + "\n"
         eval_section += "".join(f"\n![{p}]({p})\n" for p in plots or [])
     revision = base.get("commit_sha") or base.get("revision") or "main (unpinned)"
+    made_from = ""  # GGUF of a merged repo: also name the original base
+    if kind != DerivativeKind.adapter and base.get("hub_id") and base["hub_id"] != base_id:
+        made_from = f"It was made from the base [{base['hub_id']}](https://huggingface.co/{base['hub_id']}) at revision `{revision}`.\n"
     notice = "\nThis repository includes the base's LICENSE and NOTICE files, as its license requires.\n" if license.files else ""
     body = f"""
 # {repo_id.split('/')[-1]}
 
 This is {WHAT[kind]} [{base_id}](https://huggingface.co/{base_id}), trained with Scion.
-{"It was made from the base [" + base["hub_id"] + "](https://huggingface.co/" + base["hub_id"] + ") at revision `" + revision + "`." if kind != DerivativeKind.adapter and base.get("hub_id") and base["hub_id"] != base_id else ""}
+{made_from}
 - Base model: `{base.get('hub_id')}` at revision `{revision}`
 - Relation: `{RELATION[kind]}`
 - License: `{license.license_name or license.license}`, inherited from the base{notice}
