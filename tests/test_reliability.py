@@ -38,7 +38,6 @@ def config_for(output_dir: Path, **trainer) -> ScionConfig:
         peft=PeftConfig(r=4, alpha=8, dropout=0.1),
         data=DataConfig(train=str(DATA), max_length=64),
         trainer=TrainerConfig(**settings),
-        eval=None or ScionConfig().eval,
         recipe_name="reliability",
     )
 
