@@ -90,10 +90,16 @@ def remote_files(api, repo_id: str, revision: str) -> tuple[Optional[str], dict[
 
 
 def changed_files(folder: Path, remote: dict[str, str]) -> list[Path]:
+    """Local files that differ from the remote ones. The remote id is an LFS sha256 (64 hex digits)
+    or a git blob sha (40): each file is hashed once, the way its remote copy is identified."""
     changed = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if remote.get(rel) not in (git_blob_sha(path), file_sha256(path)):
+        remote_id = remote.get(path.relative_to(folder).as_posix())
+        if remote_id is None:
+            changed.append(path)
+            continue
+        local_id = file_sha256(path) if len(remote_id) == 64 else git_blob_sha(path)
+        if local_id != remote_id:
             changed.append(path)
     return changed
 

@@ -117,8 +117,9 @@ def check_staged(folder: Path, kind: DerivativeKind) -> list[tuple[str, int]]:
 
 
 def stage(target: Target, run_dir: Path, run: dict, recipe: dict, recipe_text: str, license: License,
-          base_dir: Path, cfg: PublishConfig, results: Optional[dict]) -> Path:
-    """Build <run>/publish/<kind>/ exactly as it will be uploaded (staged, then renamed into place)."""
+          base_dir: Path, cfg: PublishConfig, results: Optional[dict]) -> tuple[Path, list[tuple[str, int]]]:
+    """Build <run>/publish/<kind>/ exactly as it will be uploaded (staged, then renamed into place).
+    Returns the folder and its checked (path, size) list."""
     final = run_dir / "publish" / target.kind.value
     folder = final.with_name(f".{final.name}.partial")
     shutil.rmtree(folder, ignore_errors=True)
@@ -152,10 +153,10 @@ def stage(target: Target, run_dir: Path, run: dict, recipe: dict, recipe_text: s
     card = build_card(target.kind, target.repo_id, target.base_model, run, recipe, license, results=results,
                       gguf_files=gguf_files, language=list(cfg.language), extra_tags=list(cfg.tags), plots=plots)
     (folder / "README.md").write_text(str(card) + "\n")
-    check_staged(folder, target.kind)
+    files = check_staged(folder, target.kind)
     shutil.rmtree(final, ignore_errors=True)
     folder.rename(final)
-    return final
+    return final, files
 
 
 def merged_weights(run_dir: Path, base_dir: Path) -> Path:
@@ -219,10 +220,9 @@ def publish_run(run_dir: str | Path, cfg: PublishConfig, base_hub_id: Optional[s
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
 
     # ---- Stage every kind, then show the plan.
-    staged = [(t, stage(t, run_dir, run, recipe, recipe_text, license, base_dir, cfg, results)) for t in targets]
+    staged = [(t, *stage(t, run_dir, run, recipe, recipe_text, license, base_dir, cfg, results)) for t in targets]
     summaries = []
-    for target, folder in staged:
-        files = check_staged(folder, target.kind)
+    for target, folder, files in staged:
         card_meta = yaml.safe_load((folder / "README.md").read_text().split("---", 2)[1])
         print_plan(target, cfg, folder, files, card_meta, license)
         summaries.append({"kind": target.kind.value, "repo_id": target.repo_id, "folder": str(folder),
@@ -237,7 +237,7 @@ def publish_run(run_dir: str | Path, cfg: PublishConfig, base_hub_id: Optional[s
     from publish.push import push_folder
 
     token = get_token()
-    for summary, (target, folder) in zip(summaries, staged):
+    for summary, (target, folder, _) in zip(summaries, staged):
         result = push_folder(folder, target.repo_id, revision=cfg.revision, private=cfg.private, create_pr=cfg.create_pr,
                              commit_message=f"Scion: publish {target.kind.value} of {base_id} ({run.get('recipe')})",
                              token=token)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from train.errors import ScionError
+from train.rundir import write_json_atomic
 
 MARKER = "scion_checkpoint.json"
 STAGING = ".partial"
@@ -50,12 +51,7 @@ def commit_checkpoint(staged: Path, final: Path, marker: dict[str, Any]) -> None
         shutil.rmtree(final)
     os.replace(staged, final)
     _fsync_dir(final.parent)
-    tmp = final / f".{MARKER}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(marker, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final / MARKER)
+    write_json_atomic(final / MARKER, marker)  # fsynced temp file, then renamed
     _fsync_dir(final)
 
 

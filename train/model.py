@@ -166,7 +166,7 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
     speed.register_varlen_attention()  # lets a recipe name "scion_varlen" too
     dtype = torch.bfloat16 if peft.method == PeftMethod.qlora else torch_dtype(precision)
     kwargs: dict[str, Any] = dict(
-        dtype=torch_dtype(precision),
+        dtype=dtype,
         use_safetensors=True,
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation=cfg.attn_implementation or speed.pick_attention(device, dtype),
@@ -182,7 +182,6 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
             # Keep everything that is not quantised in bf16 (pitfalls.md #14: fp32 upcasts double memory).
             bnb_4bit_quant_storage=torch.bfloat16,
         )
-        kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base.local_dir, **kwargs)
     speed.apply_fused_layer_kernels(model, device)  # Liger's RMSNorm/RoPE/SwiGLU on CUDA, when installed

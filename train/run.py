@@ -24,7 +24,7 @@ from omegaconf.errors import MissingMandatoryValue
 from train import speed
 from train.config import FILE_RECIPES, PeftMethod, Precision, ScionConfig, to_scion_config
 from train.data import PreparedData, prepare_data
-from train.errors import ScionError
+from train.errors import Preempted, ScionError
 from train.model import BaseModel, add_adapter, check_target_modules, load_model, load_tokenizer, resolve_base
 from train.rundir import (
     ADAPTER_DIR, CHECKPOINTS_DIR, RECIPE_FILE, RUN_FILE, RunLock, check_free_space, default_output_dir,
@@ -51,11 +51,7 @@ def main_from_hydra(cfg: DictConfig) -> None:
     except ScionError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except Exception as e:
-        from train.trainer import Preempted
-
-        if not isinstance(e, Preempted):
-            raise
+    except Preempted as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
 
@@ -260,7 +256,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     from transformers import ProgressCallback, set_seed
 
     from train.progress import ScionProgress
-    from train.trainer import PreemptionCallback, Preempted, ScionTrainer
+    from train.trainer import PreemptionCallback, ScionTrainer
 
     set_seed(config.trainer.seed)
     model = load_model(base, config.model, config.peft, config.trainer.precision, device)

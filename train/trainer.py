@@ -3,7 +3,7 @@ and preemption that checkpoints at the next step boundary.
 
 Preemption: the first SIGTERM or SIGINT asks for a checkpoint at the end of the current optimizer
 step (so no accumulated gradient is lost) and a clean stop; `train()` then exits with
-PREEMPTED_EXIT_CODE. A second signal exits at once; checkpoints on disk are safe because they are
+PREEMPTED_EXIT_CODE (train/errors.py). A second signal exits at once; checkpoints on disk are safe because they are
 only ever renamed into place complete.
 """
 
@@ -22,18 +22,9 @@ from trl import SFTTrainer
 from train.checkpoints import STAGING, commit_checkpoint, rotate
 from train.errors import ScionError
 
-# EX_TEMPFAIL: "try again later" — what a scheduler should do with a preempted run.
-PREEMPTED_EXIT_CODE = 75
-
 
 class NonFiniteError(ScionError):
     pass
-
-
-class Preempted(Exception):
-    """Raised after the preemption checkpoint is written."""
-
-    exit_code = PREEMPTED_EXIT_CODE
 
 
 class PreemptionCallback(TrainerCallback):
