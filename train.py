@@ -17,10 +17,12 @@ import hydra
 from omegaconf import DictConfig
 
 from train.config import register_configs, register_recipe_file
+from train.config_errors import check_command_line
 from train.run import main_from_hydra
 
 register_configs()
 sys.argv[1:] = register_recipe_file(sys.argv[1:])
+check_command_line(sys.argv[1:])  # a bad key or value: one line and exit 2, before Hydra's report
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")

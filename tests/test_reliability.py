@@ -217,6 +217,33 @@ def test_resume_refuses_each_changed_setting_unless_allowed(tmp_path):
         check_resume_config(tmp_path / "checkpoint-2", {**saved, key: value}, allow_change=True)
 
 
+def test_resume_fingerprint_covers_every_setting_that_changes_the_steps(tmp_path):
+    """Each of these changes which examples make up a step or what the adapter is: a resume must see it."""
+    import copy
+    from types import SimpleNamespace
+
+    from train.run import resume_fingerprint
+
+    base = SimpleNamespace(hub_id="Qwen/Qwen2.5-0.5B-Instruct", name_or_path="/snap", commit_sha="a" * 40, revision=None)
+    data = SimpleNamespace(sources=[{"sha256": "abc"}])
+    config = config_for(tmp_path / "run")
+    before = resume_fingerprint(config, base, data)
+    changes = {
+        "packing": lambda c: setattr(c.trainer, "packing", not c.trainer.packing),
+        "seed": lambda c: setattr(c.trainer, "seed", c.trainer.seed + 1),
+        "batch_size": lambda c: setattr(c.trainer, "batch_size", c.trainer.batch_size + 1),
+        "accumulation": lambda c: setattr(c.trainer, "gradient_accumulation_steps", 3),
+        "max_length": lambda c: setattr(c.data, "max_length", c.data.max_length // 2),
+        "rank": lambda c: setattr(c.peft, "r", c.peft.r * 2),
+        "targets": lambda c: setattr(c.peft, "target_modules", ["q_proj"]),
+    }
+    for name, change in changes.items():
+        changed = copy.deepcopy(config)
+        change(changed)
+        assert resume_fingerprint(changed, base, data) != before, name
+    assert resume_fingerprint(config, base, SimpleNamespace(sources=[{"sha256": "def"}])) != before
+
+
 # ---- 5. numerical faults ------------------------------------------------------------------
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     import train.trainer as scion_trainer

@@ -223,8 +223,8 @@ def register_configs() -> None:
         store.store(group="recipe", name=name, node=node, package="_global_")
 
 
-# Recipes given as a file path on the command line, registered under a generated name.
-FILE_RECIPES: set[str] = set()
+# Recipes given as a file path on the command line: generated name -> the path as given.
+FILE_RECIPES: dict[str, str] = {}
 
 
 def register_recipe_file(argv: list[str]) -> list[str]:
@@ -247,7 +247,7 @@ def register_recipe_file(argv: list[str]) -> list[str]:
                 raise SystemExit(f"error: recipe file not found: {value}")
             name = f"file_{len(FILE_RECIPES)}_{path.stem}"
             ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
-            FILE_RECIPES.add(name)
+            FILE_RECIPES[name] = value
             arg = f"recipe={name}"
         out.append(arg)
     return out
@@ -265,8 +265,14 @@ def download_hub_recipe(repo_id: str) -> Path:
 
 
 def to_scion_config(cfg: DictConfig) -> ScionConfig:
-    """Convert a composed config into the dataclasses (raises on a missing mandatory value)."""
-    return OmegaConf.to_object(cfg)
+    """Convert a composed config into the dataclasses (raises on a missing mandatory value).
+
+    The merge onto a fresh schema refuses keys the schema lacks: Hydra lets `+trainer.lr=1`
+    (the append syntax its own error message suggests) add a key to a typed config, and
+    to_object alone would silently drop it.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=False)  # as plain dicts, so the merge checks every key
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ScionConfig), plain))
 
 
 def to_yaml(config: ScionConfig | DictConfig | dict[str, Any]) -> str:

@@ -238,6 +238,9 @@ def resume_fingerprint(config: ScionConfig, base: BaseModel, data: PreparedData)
         "peft.target_modules": sorted(config.peft.target_modules),
         "trainer.batch_size": config.trainer.batch_size,
         "trainer.gradient_accumulation_steps": config.trainer.gradient_accumulation_steps,
+        # Packing and the seed decide which examples make up each step (and their order).
+        "trainer.packing": config.trainer.packing,
+        "trainer.seed": config.trainer.seed,
         "data.max_length": config.data.max_length,
         "data.fingerprints": [s.get("sha256") or s.get("fingerprint") or s.get("source") for s in data.sources],
     }
