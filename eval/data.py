@@ -98,10 +98,10 @@ def load_eval_set(config: ScionConfig, max_examples: Optional[int]) -> EvalSet:
     chosen = rows.eval if max_examples is None else rows.eval[:max_examples]
     examples = []
     for index, row in enumerate(chosen):
-        problem = reference_problem(row, rows.format)
+        problem = reference_problem(row, rows.eval_format)
         if problem:
             raise ScionError(f"data.eval: {row.where}: {problem}, so there is no reference answer to score against")
-        messages = conversation(row, rows.format, data)
+        messages = conversation(row, rows.eval_format, data)
         prompt, reference = split_at_last_answer(messages)
         examples.append(EvalExample(index=index, where=row.where, messages=messages, prompt=prompt, reference=reference))
     return EvalSet(examples=examples, available=len(rows.eval), source=source)

@@ -93,6 +93,16 @@ def test_formats_map_to_the_same_chat(tmp_path, qwen2_5_tokenizer):
     assert "Translate\n\nchat" in tok.decode(with_input.train[0]["input_ids"])
 
 
+def test_eval_file_in_another_format_than_the_train_file(tmp_path, qwen2_5_tokenizer):
+    """Teams often keep chat logs for training and a prompt/completion file of test questions."""
+    tok = qwen2_5_tokenizer
+    write_jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}])
+    write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "Say hi", "completion": "hi"}])
+    data = prepare_data(DataConfig(train=str(tmp_path / "train.jsonl"), eval=str(tmp_path / "eval.jsonl")), tok)
+    assert data.eval[0] == data.train[0]
+    assert [s["format"] for s in data.sources] == ["messages", "prompt_completion"]
+
+
 def test_parquet_and_csv_files(tmp_path, qwen2_5_tokenizer):
     import datasets
 

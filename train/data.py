@@ -1,6 +1,7 @@
 """Load chat data, check every row, and turn it into token ids with an assistant-only label mask.
 
-Formats (one per dataset, detected from the first row unless `data.format` says):
+Formats (one per file, detected from its first row unless `data.format` says; the eval file may differ
+from the train file):
 - messages:           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
                       (ShareGPT's {"conversations": [{"from": "human"|"gpt", "value": ...}]} is mapped)
 - prompt_completion:  {"prompt": str, "completion": str}
@@ -312,7 +313,8 @@ def tokenize_rows(rows: list[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, 
 class SplitRows:
     train: list[Row]
     eval: list[Row]
-    format: DataFormat
+    format: DataFormat  # of the train rows
+    eval_format: DataFormat  # of the eval rows: a separate eval file may use another format
     sources: list[dict[str, Any]]
 
 
@@ -327,11 +329,14 @@ def split_rows(cfg: DataConfig, seed: int = 42) -> SplitRows:
     sources = [dict(train_source, role="train", format=fmt.value)]
 
     eval_rows: list[Row] = []
+    eval_fmt = fmt
     if cfg.eval:
         eval_rows, eval_source = read_rows(cfg.eval, cfg.eval_split, "data.eval")
         if not eval_rows:
             raise ScionError(f"data.eval: {cfg.eval} is empty")
-        sources.append(dict(eval_source, role="eval", format=fmt.value))
+        if cfg.format == DataFormat.auto:
+            eval_fmt = detect_format(eval_rows[0])
+        sources.append(dict(eval_source, role="eval", format=eval_fmt.value))
     elif cfg.eval_ratio > 0:
         import random
 
@@ -343,7 +348,7 @@ def split_rows(cfg: DataConfig, seed: int = 42) -> SplitRows:
         train_rows = [r for i, r in enumerate(train_rows) if i not in held_out]
         sources.append({"source": train_source["source"], "role": "eval", "split_from_train": cfg.eval_ratio,
                         "seed": seed, "rows": n_eval, "format": fmt.value})
-    return SplitRows(train=train_rows, eval=eval_rows, format=fmt, sources=sources)
+    return SplitRows(train=train_rows, eval=eval_rows, format=fmt, eval_format=eval_fmt, sources=sources)
 
 
 def conversation(row: Row, fmt: DataFormat, cfg: DataConfig) -> list[dict[str, str]]:
@@ -368,7 +373,7 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
     evals = None
     if rows.eval:
         stats["eval"] = SplitStats(cfg.eval or f"{cfg.train} (eval_ratio={cfg.eval_ratio})")
-        evals = tokenize_rows(rows.eval, rows.format, tokenizer, cfg, stats["eval"])
+        evals = tokenize_rows(rows.eval, rows.eval_format, tokenizer, cfg, stats["eval"])
         if not evals:
             raise ScionError(f"data.eval: no example left after data.truncation=drop at max_length={cfg.max_length}")
     return PreparedData(
