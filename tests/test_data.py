@@ -93,6 +93,13 @@ def test_formats_map_to_the_same_chat(tmp_path, qwen2_5_tokenizer):
     assert "Translate\n\nchat" in tok.decode(with_input.train[0]["input_ids"])
 
 
+def test_content_given_as_text_parts_trains_like_a_string(tmp_path, qwen2_5_tokenizer):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}]
+    plain = [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
+    assert prep(tmp_path, qwen2_5_tokenizer, [{"messages": parts}]).train[0] == prep(tmp_path, qwen2_5_tokenizer, [{"messages": plain}]).train[0]
+
+
 def test_eval_file_in_another_format_than_the_train_file(tmp_path, qwen2_5_tokenizer):
     """Teams often keep chat logs for training and a prompt/completion file of test questions."""
     tok = qwen2_5_tokenizer
@@ -144,7 +151,9 @@ GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "c
 BAD_ROWS = [
     ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
     ({"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "unknown role 'bot'"),
-    ({"messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "x"}]}, "message 0 content must be a string, got list"),
+    ({"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "x"}]}, "message 0 content must be a string, got int"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "url": "a.png"}]}, {"role": "assistant", "content": "x"}]},
+     "message 0 content has a 'image' part; only text parts can be trained"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}, "message 1 (assistant) has empty content"),
     ({"messages": []}, "'messages' must be a non-empty list"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}, {"role": "assistant", "content": "c"}]}, "a system message may only come first"),
@@ -177,8 +186,13 @@ def test_malformed_json_line_missing_file_and_empty_file(tmp_path, qwen2_5_token
 
 
 def test_unreachable_hub_dataset_is_one_clear_line(tmp_path, qwen2_5_tokenizer, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets.config
+    import huggingface_hub.constants
+
+    # Both libraries read HF_HUB_OFFLINE when first imported, so an environment variable set here
+    # comes too late; without this the client retries a real connection for about 23 s first.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ScionError, match=r"^data: cannot load Hub dataset 'someone/no-such-data' \(split 'train'\)"):
         prepare_data(DataConfig(train="someone/no-such-data"), qwen2_5_tokenizer)

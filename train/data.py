@@ -3,6 +3,7 @@
 Formats (one per file, detected from its first row unless `data.format` says; the eval file may differ
 from the train file):
 - messages:           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
+                      (content may also be a list of {"type": "text", "text": str} parts)
                       (ShareGPT's {"conversations": [{"from": "human"|"gpt", "value": ...}]} is mapped)
 - prompt_completion:  {"prompt": str, "completion": str}
 - instruction:        {"instruction": str, "input": str (optional), "output": str}
@@ -170,6 +171,23 @@ def _text(value: Any, what: str, where: str) -> str:
     return value
 
 
+def _content_text(content: Any, index: int, where: str) -> str:
+    """A message's content as text: a string, or OpenAI-style parts [{"type": "text", "text": ...}, ...].
+
+    Part lists are what many exported chat logs and multimodal datasets hold; text parts are joined
+    as written. Any other part (an image, audio) is refused: these are text-only models.
+    """
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ScionError(f"{where}: message {index} content has a {kind!r} part; only text parts can be trained")
+            texts.append(part["text"])
+        return "".join(texts)
+    return _text(content, f"message {index} content", where)
+
+
 def to_messages(row: Row, fmt: DataFormat) -> list[dict[str, str]]:
     data = row.data
     if not isinstance(data, dict):
@@ -194,7 +212,7 @@ def to_messages(row: Row, fmt: DataFormat) -> list[dict[str, str]]:
                 role, content = msg.get("role"), msg.get("content")
             if role not in ROLES:
                 raise ScionError(f"{row.where}: message {i} has unknown role {role!r}; expected one of {sorted(ROLES)}")
-            messages.append({"role": role, "content": _text(content, f"message {i} content", row.where)})
+            messages.append({"role": role, "content": _content_text(content, i, row.where)})
     elif fmt == DataFormat.prompt_completion:
         prompt, completion = data.get("prompt"), data.get("completion")
         messages = [
