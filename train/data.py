@@ -27,6 +27,7 @@ Policies:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -247,84 +248,150 @@ def control_tokens(tokenizer) -> list[str]:
     return sorted(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
 
 
-def tokenize_conversation(messages, tokenizer, assistant_only_loss: bool = True, controls=None, where: str = "row"):
-    """input_ids and labels for one conversation, rendered with the tokenizer's chat template."""
+def render_conversation(messages, tokenizer, controls, where: str) -> str:
+    """The conversation as the chat template renders it, after refusing control-token text in content."""
     for i, m in enumerate(messages):
-        for token in controls if controls is not None else control_tokens(tokenizer):
+        for token in controls:
             if token in m["content"]:
                 raise ScionError(
                     f"{where}: message {i} ({m['role']}) contains the control token text {token!r}; "
                     "it would be read as a real control token, so such rows are rejected"
                 )
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = encoding["input_ids"]
-    if not assistant_only_loss:
-        return input_ids, list(input_ids)
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def assistant_labels(text: str, input_ids: list[int], offsets, assistant_turns: int, where: str) -> list[int]:
+    """Labels that train exactly the tokens lying inside an assistant block of `text`, -100 elsewhere.
+
+    Token character offsets are non-decreasing (byte-level BPE may give the pieces of one character
+    the same span), so the tokens inside a block are one slice, found by bisection.
+    """
     spans = [match.span(1) for match in ASSISTANT_BLOCK.finditer(text)]
-    expected = sum(m["role"] == "assistant" for m in messages)
-    if len(spans) != expected:
+    if len(spans) != assistant_turns:
         raise ScionError(
-            f"{where}: the chat template rendered {len(spans)} ChatML assistant blocks for {expected} assistant "
+            f"{where}: the chat template rendered {len(spans)} ChatML assistant blocks for {assistant_turns} assistant "
             "turns; assistant-only loss needs a ChatML (<|im_start|>assistant ... <|im_end|>) template"
         )
+    starts = [start for start, _ in offsets]
+    ends = [end for _, end in offsets]
     labels = [-100] * len(input_ids)
-    span_index = 0
-    for i, (start, end) in enumerate(encoding["offset_mapping"]):
-        while span_index < len(spans) and start >= spans[span_index][1]:
-            span_index += 1
-        if span_index < len(spans) and start >= spans[span_index][0] and end <= spans[span_index][1]:
-            labels[i] = input_ids[i]
-    return input_ids, labels
+    for span_start, span_end in spans:
+        first, stop = bisect.bisect_left(starts, span_start), bisect.bisect_right(ends, span_end)
+        labels[first:stop] = input_ids[first:stop]
+    return labels
 
 
-def tokenize_rows(rows: list[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, stats: SplitStats):
+def tokenize_conversations(conversations, tokenizer, assistant_only_loss: bool, wheres, controls=None) -> list:
+    """(input_ids, labels) for each conversation, or the ScionError that describes what is wrong with it.
+
+    All texts go to the fast tokenizer in one batch call, which spreads them over the CPU cores.
+    """
+    controls = control_tokens(tokenizer) if controls is None else controls
+    results: list = [None] * len(conversations)
+    texts, positions = [], []
+    for i, (messages, where) in enumerate(zip(conversations, wheres)):
+        try:
+            texts.append(render_conversation(messages, tokenizer, controls, where))
+            positions.append(i)
+        except ScionError as e:
+            results[i] = e
+    if not texts:
+        return results
+    encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=assistant_only_loss)
+    for n, i in enumerate(positions):
+        input_ids = encoding["input_ids"][n]
+        if not assistant_only_loss:
+            results[i] = (input_ids, list(input_ids))
+            continue
+        turns = sum(m["role"] == "assistant" for m in conversations[i])
+        try:
+            results[i] = (input_ids, assistant_labels(texts[n], input_ids, encoding["offset_mapping"][n], turns, wheres[i]))
+        except ScionError as e:
+            results[i] = e
+    return results
+
+
+def tokenize_conversation(messages, tokenizer, assistant_only_loss: bool = True, controls=None, where: str = "row"):
+    """input_ids and labels for one conversation, rendered with the tokenizer's chat template."""
+    result = tokenize_conversations([messages], tokenizer, assistant_only_loss, [where], controls)[0]
+    if isinstance(result, ScionError):
+        raise result
+    return result
+
+
+TOKENIZE_CHUNK = 1000  # rows rendered and tokenized per batch call (bounded memory, a moving progress bar)
+
+
+def tokenize_rows(rows: list[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, stats: SplitStats, desc: str = "tokenizing"):
     """Check and tokenize every row; returns the examples and fills `stats`.
 
     Every row is checked before anything fails, so one run reports all the bad rows (their count
     and the first few locations) instead of one per attempt.
     """
+    from tqdm.auto import tqdm
+
     controls = control_tokens(tokenizer)
     examples, problems = [], []
     seen: dict[str, str] = {}
-    for row in rows:
-        stats.rows += 1
-        try:
-            messages = conversation(row, fmt, cfg)
-            input_ids, labels = tokenize_conversation(messages, tokenizer, cfg.assistant_only_loss, controls, row.where)
-        except ScionError as e:
-            problems.append(str(e))
-            continue
-        key = json.dumps(messages, sort_keys=True)
-        if key in seen:
-            stats.duplicates += 1
-            if stats.duplicates <= MAX_SHOWN:
-                stats.duplicate_examples.append(f"{row.where} repeats {seen[key]}")
-        else:
-            seen[key] = row.where
-        if len(input_ids) > cfg.max_length:
-            if cfg.truncation == Truncation.drop:
-                stats.dropped_too_long += 1
+    bar = tqdm(total=len(rows), desc=desc, unit="rows", disable=len(rows) < 5 * TOKENIZE_CHUNK)
+    for chunk_start in range(0, len(rows), TOKENIZE_CHUNK):
+        chunk = rows[chunk_start:chunk_start + TOKENIZE_CHUNK]
+        conversations = []
+        for row in chunk:
+            try:
+                conversations.append(conversation(row, fmt, cfg))
+            except ScionError as e:
+                conversations.append(e)
+        good = [i for i, c in enumerate(conversations) if not isinstance(c, ScionError)]
+        encoded = tokenize_conversations([conversations[i] for i in good], tokenizer, cfg.assistant_only_loss,
+                                         [chunk[i].where for i in good], controls)
+        for i, result in zip(good, encoded):
+            conversations[i] = (conversations[i], result)
+        for row, item in zip(chunk, conversations):
+            stats.rows += 1
+            messages, result = item if isinstance(item, tuple) else (None, item)
+            if isinstance(result, ScionError):
+                problems.append(str(result))
                 continue
-            input_ids, labels = input_ids[: cfg.max_length], labels[: cfg.max_length]
-            stats.truncated += 1
-        trained = sum(label != -100 for label in labels)
-        if trained == 0:
-            problems.append(
-                f"{row.where}: no trained token left after truncation to data.max_length={cfg.max_length} "
-                "(the answer is cut off entirely); raise data.max_length or set data.truncation=drop"
-            )
-            continue
-        stats.examples += 1
-        stats.tokens += len(input_ids)
-        stats.trained_tokens += trained
-        examples.append({"input_ids": input_ids, "labels": labels})
+            example = _fit_example(row, messages, *result, cfg, stats, seen, problems)
+            if example is not None:
+                examples.append(example)
+        bar.update(len(chunk))
+    bar.close()
     if len(problems) == 1:
         raise ScionError(problems[0])
     if problems:
         raise ScionError(f"{len(problems)} of {stats.rows} rows are invalid; the first {min(len(problems), MAX_SHOWN)}: "
                          + " | ".join(problems[:MAX_SHOWN]))
     return examples
+
+
+def _fit_example(row, messages, input_ids, labels, cfg: DataConfig, stats: SplitStats, seen, problems):
+    """One tokenized row after the duplicate check and the length policy; None if it is not kept."""
+    key = json.dumps(messages, sort_keys=True)
+    if key in seen:
+        stats.duplicates += 1
+        if stats.duplicates <= MAX_SHOWN:
+            stats.duplicate_examples.append(f"{row.where} repeats {seen[key]}")
+    else:
+        seen[key] = row.where
+    if len(input_ids) > cfg.max_length:
+        if cfg.truncation == Truncation.drop:
+            stats.dropped_too_long += 1
+            return None
+        input_ids, labels = input_ids[: cfg.max_length], labels[: cfg.max_length]
+        stats.truncated += 1
+    trained = sum(label != -100 for label in labels)
+    if trained == 0:
+        problems.append(
+            f"{row.where}: no trained token left after truncation to data.max_length={cfg.max_length} "
+            "(the answer is cut off entirely); raise data.max_length or set data.truncation=drop"
+        )
+        return None
+    stats.examples += 1
+    stats.tokens += len(input_ids)
+    stats.trained_tokens += trained
+    return {"input_ids": input_ids, "labels": labels}
 
 
 @dataclass
@@ -385,13 +452,13 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
         raise ScionError(f"data.max_length must be at least 16, got {cfg.max_length}")
     rows = split_rows(cfg, seed)
     stats = {"train": SplitStats(cfg.train)}
-    train = tokenize_rows(rows.train, rows.format, tokenizer, cfg, stats["train"])
+    train = tokenize_rows(rows.train, rows.format, tokenizer, cfg, stats["train"], "tokenizing train")
     if not train:
         raise ScionError(f"data.train: no example left after data.truncation=drop at max_length={cfg.max_length}")
     evals = None
     if rows.eval:
         stats["eval"] = SplitStats(cfg.eval or f"{cfg.train} (eval_ratio={cfg.eval_ratio})")
-        evals = tokenize_rows(rows.eval, rows.eval_format, tokenizer, cfg, stats["eval"])
+        evals = tokenize_rows(rows.eval, rows.eval_format, tokenizer, cfg, stats["eval"], "tokenizing eval")
         if not evals:
             raise ScionError(f"data.eval: no example left after data.truncation=drop at max_length={cfg.max_length}")
     return PreparedData(
