@@ -33,7 +33,7 @@ def memorize_config(folder: Path) -> ScionConfig:
         data=DataConfig(train=str(data), eval=str(data), max_length=64, system_prompt="Be brief."),
         trainer=TrainerConfig(output_dir=str(folder / "run"), seed=42, max_steps=24, batch_size=len(WORDS),
                               gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0,
-                              precision=Precision.fp32, gradient_checkpointing=False, logging_steps=5, save_steps=1000),
+                              precision=Precision.fp32, logging_steps=5, save_steps=1000),
         eval=EVAL,
         recipe_name="echo",
     )

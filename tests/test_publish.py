@@ -29,7 +29,7 @@ def trained(tmp_path_factory, tiny_qwen2_dir):
         peft=PeftConfig(r=4, alpha=8, dropout=0.0),
         data=DataConfig(train=str(REPO_ROOT / "data/quickstart/train.jsonl"), max_length=96),
         trainer=TrainerConfig(output_dir=str(out), max_steps=3, batch_size=4, gradient_accumulation_steps=1,
-                              learning_rate=2e-2, precision=Precision.fp32, gradient_checkpointing=False, save_steps=100),
+                              learning_rate=2e-2, precision=Precision.fp32, save_steps=100),
         recipe_name="test",
     )
     result = train(config)

@@ -30,7 +30,7 @@ STEPS = 6
 def config_for(output_dir: Path, **trainer) -> ScionConfig:
     """Gradient accumulation 2 and LoRA dropout on, so RNG and accumulation are part of what must match."""
     settings = dict(output_dir=str(output_dir), max_steps=STEPS, batch_size=2, gradient_accumulation_steps=2,
-                    learning_rate=1e-2, precision=Precision.fp32, gradient_checkpointing=False, logging_steps=1,
+                    learning_rate=1e-2, precision=Precision.fp32, logging_steps=1,
                     save_steps=2, save_total_limit=3, seed=7)
     settings.update(trainer)
     return ScionConfig(

@@ -402,6 +402,33 @@ def test_checkpointing_policies_give_the_same_grads(tiny_qwen2_dir):
         assert_grads_close(checkpointed, reference)
 
 
+def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):
+    """trainer.checkpointing: auto picks from the free memory (none on the CPU); what it reports is what runs."""
+    from train.config import Checkpointing, DataConfig, ModelConfig, PeftConfig, ScionConfig, TrainerConfig
+    from train.run import checkpointing_policy
+
+    config = ScionConfig(model=ModelConfig(name_or_path="tiny:qwen2"), peft=PeftConfig(dropout=0.0),
+                         data=DataConfig(train="unused.jsonl", max_length=2048), trainer=TrainerConfig(batch_size=8))
+    gib = 2**30
+
+    def applied(free_memory):
+        model = lora_model(tiny_qwen2_dir)
+        return checkpointing_policy(config, model, free_memory), model.get_base_model().is_gradient_checkpointing
+
+    assert applied(None) == ("none (auto)", False)  # the CPU
+    assert applied(1000 * gib) == ("none (auto)", False)  # a GPU with room to spare
+    # Room for the weights, the reserve and full checkpointing's activations, but not selective's.
+    model = lora_model(tiny_qwen2_dir)
+    full = speed.activation_bytes_per_token(model.config, "full") * 8 * 2048
+    selective = speed.activation_bytes_per_token(model.config, "selective") * 8 * 2048
+    free = (speed.training_state_bytes(model) + 2 * gib + (full + selective) / 2) / 0.9
+    assert applied(free) == ("full (auto)", True)
+    config.trainer.checkpointing = Checkpointing.selective
+    assert applied(1000 * gib) == ("selective", True)
+    config.trainer.checkpointing = Checkpointing.none
+    assert applied(1 * gib) == ("none", False)
+
+
 def test_pick_checkpointing_and_flops():
     from transformers import Qwen2Config
 

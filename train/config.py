@@ -40,6 +40,14 @@ class Truncation(str, Enum):
     drop = "drop"  # drop the whole example
 
 
+class Checkpointing(str, Enum):
+    auto = "auto"  # the fastest policy whose activation estimate fits the GPU's free memory; none on the CPU
+    none = "none"  # keep every activation: fastest, most memory
+    selective = "selective"  # keep layer inputs and attention outputs, recompute the rest
+    full = "full"  # keep only layer inputs, recompute each layer in the backward pass (~30% more compute)
+    offload = "offload"  # full, with the kept layer inputs in pinned host memory
+
+
 class DataFormat(str, Enum):
     auto = "auto"  # detect from the columns of the first row
     messages = "messages"
@@ -112,8 +120,9 @@ class TrainerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     precision: Precision = Precision.bf16
-    # Recompute activations in the backward pass: less memory, ~30% more compute.
-    gradient_checkpointing: bool = True
+    # Activation checkpointing policy (train/speed.py). auto picks from the free GPU memory, the
+    # micro-batch's tokens (batch_size x data.max_length) and the model's shape, and says which.
+    checkpointing: Checkpointing = Checkpointing.auto
     # Pack whole examples into rows of data.max_length tokens (best fit). batch_size then counts
     # rows. Off by default: it changes how many examples a step holds. On a GPU every micro-batch
     # is padding-free either way (one row, no pad tokens, varlen attention).

@@ -202,14 +202,10 @@ def check_target_modules(base: BaseModel, peft: PeftConfig) -> None:
         raise ScionError(f"peft.target_modules: the model has no module named {missing}")
 
 
-def add_adapter(model, peft: PeftConfig, gradient_checkpointing: bool):
-    """Wrap the model with a LoRA/DoRA adapter on `peft.target_modules`."""
+def add_adapter(model, peft: PeftConfig):
+    """Wrap the model with a LoRA/DoRA adapter on `peft.target_modules` (checkpointing: train/speed.py)."""
     from peft import LoraConfig, get_peft_model
 
-    if gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs; the reentrant kind needs
-        # enable_input_require_grads and silently trains nothing on some PEFT paths.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=peft.r,
         lora_alpha=peft.alpha,

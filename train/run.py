@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from train import speed
-from train.config import FILE_RECIPES, PeftMethod, Precision, ScionConfig, to_scion_config
+from train.config import FILE_RECIPES, Checkpointing, PeftMethod, Precision, ScionConfig, to_scion_config
 from train.data import PreparedData, prepare_data
 from train.errors import Preempted, ScionError
 from train.model import BaseModel, add_adapter, check_target_modules, load_model, load_tokenizer, resolve_base
@@ -139,7 +139,7 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         max_grad_norm=t.max_grad_norm,
         bf16=t.precision == Precision.bf16,
         fp16=t.precision == Precision.fp16,
-        gradient_checkpointing=False,  # enabled by add_adapter with the non-reentrant variant
+        gradient_checkpointing=False,  # Scion's own policy, enabled in _train_in (train/speed.py)
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must show in the logs (pitfalls.md #4)
         save_strategy="steps",
@@ -159,6 +159,31 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         **(speed.sft_speed_kwargs(device, t.packing, config.data.max_length)
            if device == "cuda" or t.packing else {"max_length": None}),
     )
+
+
+def checkpointing_policy(config: ScionConfig, model, free_memory) -> str:
+    """Enable the activation checkpointing policy of trainer.checkpointing on `model`; returns its name.
+
+    auto: on a GPU, the fastest policy whose estimate fits the memory that was free before loading
+    (speed.pick_checkpointing), for the largest micro-batch the config allows (batch_size rows of at most
+    data.max_length tokens); on the CPU, none, since recomputing only costs time there.
+    """
+    choice = config.trainer.checkpointing
+    if choice != Checkpointing.auto:
+        policy = choice.value
+    elif free_memory is None:
+        policy = "none"
+    else:
+        tokens = config.trainer.batch_size * config.data.max_length
+        policy = speed.pick_checkpointing(free_memory, speed.training_state_bytes(model), tokens, model.config,
+                                          config.peft.dropout)
+        if policy == "offload" and not hasattr(model.get_base_model(), "activation_checkpointing_enable"):
+            policy = "full"  # offloading needs transformers 5.23; full is the next most frugal
+    try:
+        speed.enable_checkpointing(model, policy)
+    except ValueError as e:
+        raise ScionError(f"trainer.checkpointing={policy}: {e}") from None
+    return policy if choice != Checkpointing.auto else f"{policy} (auto)"
 
 
 def save_adapter(model, tokenizer, base: BaseModel, run_dir: Path) -> Path:
@@ -262,11 +287,14 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     from train.trainer import PreemptionCallback, ScionTrainer
 
     set_seed(config.trainer.seed)
+    free_memory = torch.cuda.mem_get_info()[0] if device == "cuda" else None  # before the weights arrive
     model = load_model(base, config.model, config.peft, config.trainer.precision, device)
-    model = add_adapter(model, config.peft, config.trainer.gradient_checkpointing)
+    model = add_adapter(model, config.peft)
+    checkpointing = checkpointing_policy(config, model, free_memory)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"model: {base.hub_id or base.name_or_path} ({base.architecture}) on {device}; "
-          f"{config.peft.method.value} r={config.peft.r}: {trainable:,} trainable of {total:,} parameters", flush=True)
+          f"{config.peft.method.value} r={config.peft.r}: {trainable:,} trainable of {total:,} parameters; "
+          f"activation checkpointing: {checkpointing}", flush=True)
     # A checkpoint holds the adapter (fp32) plus two AdamW moments: ~12 bytes per trainable weight.
     keep = max(config.trainer.save_total_limit or 1, 1)
     check_free_space(run_dir, int(trainable * 12 * (keep + 1) + trainable * 4 + 64 * 2**20))
@@ -332,7 +360,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         "log_history": trainer.state.log_history,  # per-step loss/lr/eval_loss, for plots
         "device": gpu_name or platform.processor() or "cpu",
         "speed": {"attn_implementation": model.config._attn_implementation, "packing": config.trainer.packing,
-                  "padding_free": device == "cuda" or config.trainer.packing},
+                  "padding_free": device == "cuda" or config.trainer.packing, "checkpointing": checkpointing},
         "versions": package_versions(),
         "timings": {
             "started_at": started_at,
