@@ -154,6 +154,32 @@ def test_stop_rate_flags_a_model_that_never_stops(echo, tmp_path, tiny_qwen2_dir
     assert trained["metrics"]["stop_rate"]["finetune"] == 1.0 and not trained["warnings"]
 
 
+def test_the_checkpoints_own_sampling_settings_do_not_leak_into_greedy_decoding(tiny_qwen2_dir, qwen2_5_tokenizer):
+    """Qwen's chat checkpoints ship generation_config.json with sampling (temperature 0.7, top_p 0.8,
+    top_k 20) and repetition_penalty 1.05; transformers fills every setting left unset from it."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from eval.scoring import generate_all
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+    # The random model is nearly certain of its next token (top probability ~0.9999), so sampling
+    # would pick the greedy token anyway: an untied, scaled-down head flattens its distribution.
+    weight = model.get_output_embeddings().weight.detach().clone() * 0.05
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    model.lm_head.weight = torch.nn.Parameter(weight)
+    prompts = [[{"role": "user", "content": " ".join([word] * n)}] for word in WORDS for n in (1, 5)]
+    config = EvalConfig(max_new_tokens=12, batch_size=4)
+    model.generation_config = GenerationConfig()
+    plain = [g.text for g in generate_all(model, qwen2_5_tokenizer, prompts, config, desc="plain")]
+    # Qwen's settings, with the repetition penalty exaggerated (1.05 -> 3) so that it visibly changes
+    # this random model's greedy choice when it leaks.
+    model.generation_config = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=3.0,
+                                               eos_token_id=[151645, 151643], pad_token_id=151643)
+    qwen = [g.text for g in generate_all(model, qwen2_5_tokenizer, prompts, config, desc="qwen defaults")]
+    assert qwen == plain
+
+
 def test_eval_py_reloads_the_run_and_matches_the_in_memory_evaluation(echo, tmp_path):
     result, in_memory = echo
     run = copy_run(result.run_dir, tmp_path / "run")
