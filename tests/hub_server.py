@@ -1402,8 +1402,10 @@ def _point_client_at(monkeypatch: pytest.MonkeyPatch, url: str, hf_home: str) ->
         monkeypatch.setattr(constants, name, value)
     # The module-level HfApi behind huggingface_hub.model_info/create_commit/... captured the endpoint.
     monkeypatch.setattr(hf_api.api, "endpoint", url)
-    # Trust redirects to this server like redirects to the real Hub (auth header kept).
-    monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(url)})
+    # Trust redirects to this server like redirects to the real Hub (auth header kept); huggingface_hub
+    # 2.x keeps that list, 1.x follows redirects without one.
+    if hasattr(_http, "_HUB_ORIGINS"):
+        monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(url)})
     # Modules that did `from ..constants import X` hold their own copy.
     for module_name, attribute, value in (
         ("huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE", assets_cache),

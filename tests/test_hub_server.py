@@ -10,7 +10,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import httpx2
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
@@ -19,6 +18,11 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+try:  # the HTTP library under huggingface_hub: httpx2 from 2.x, httpx in 1.x
+    import httpx2 as hub_http
+except ImportError:
+    import httpx as hub_http
 
 from tests.hub_server import READ_TOKEN, WRITE_TOKEN, HubServer, hub_server  # noqa: F401
 
@@ -352,7 +356,7 @@ def test_persistent_500_on_commit_raises_and_main_is_unchanged(api, hub_server, 
 def test_lost_commit_response_still_lands_the_commit(api, hub_server, repo):
     hub_server.inject(r"/commit/main$", "POST", ["drop"], after=True)
 
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with pytest.raises(hub_http.RemoteProtocolError):
         api.create_commit(repo, operations=[_add("f.txt", b"x")], commit_message="lost")
 
     # The client saw a failure, yet the commit exists: a retrying publisher must check first.
