@@ -185,6 +185,15 @@ def test_malformed_json_line_missing_file_and_empty_file(tmp_path, qwen2_5_token
         prep(tmp_path, qwen2_5_tokenizer, [{"text": "hello"}])
 
 
+def test_byte_order_mark_is_read_and_non_utf8_is_one_clear_line(tmp_path, qwen2_5_tokenizer):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GOOD) + "\n").encode())  # UTF-8 with a BOM, as Windows tools save it
+    assert prepare_data(DataConfig(train=str(path)), qwen2_5_tokenizer).stats["train"].examples == 1
+    path.write_bytes((json.dumps(GOOD) + "\n").encode() + '{"prompt": "caf\u00e9", "completion": "x"}\n'.encode("latin-1"))
+    with pytest.raises(ScionError, match=r"train.jsonl:2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        prepare_data(DataConfig(train=str(path)), qwen2_5_tokenizer)
+
+
 def test_unreachable_hub_dataset_is_one_clear_line(tmp_path, qwen2_5_tokenizer, monkeypatch):
     import datasets.config
     import huggingface_hub.constants

@@ -86,7 +86,11 @@ def file_sha256(path: Path) -> str:
 
 def _read_json_file(path: Path) -> list[Row]:
     """JSON Lines (or a JSON array). Parsed here, not by `datasets`, so errors carry line numbers."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: files saved on Windows often start with a BOM
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ScionError(f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the file as UTF-8") from None
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
