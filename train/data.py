@@ -340,24 +340,22 @@ def tokenize_rows(rows: list[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, 
     bar = tqdm(total=len(rows), desc=desc, unit="rows", disable=len(rows) < 5 * TOKENIZE_CHUNK)
     for chunk_start in range(0, len(rows), TOKENIZE_CHUNK):
         chunk = rows[chunk_start:chunk_start + TOKENIZE_CHUNK]
-        conversations = []
+        parsed = []  # each row's checked messages, or the error that describes it
         for row in chunk:
             try:
-                conversations.append(conversation(row, fmt, cfg))
+                parsed.append(conversation(row, fmt, cfg))
             except ScionError as e:
-                conversations.append(e)
-        good = [i for i, c in enumerate(conversations) if not isinstance(c, ScionError)]
-        encoded = tokenize_conversations([conversations[i] for i in good], tokenizer, cfg.assistant_only_loss,
-                                         [chunk[i].where for i in good], controls)
-        for i, result in zip(good, encoded):
-            conversations[i] = (conversations[i], result)
-        for row, item in zip(chunk, conversations):
+                parsed.append(e)
+        good = [i for i, messages in enumerate(parsed) if not isinstance(messages, ScionError)]
+        encoded = dict(zip(good, tokenize_conversations([parsed[i] for i in good], tokenizer, cfg.assistant_only_loss,
+                                                        [chunk[i].where for i in good], controls)))
+        for i, row in enumerate(chunk):
             stats.rows += 1
-            messages, result = item if isinstance(item, tuple) else (None, item)
+            result = encoded.get(i, parsed[i])  # (input_ids, labels), or the row's error
             if isinstance(result, ScionError):
                 problems.append(str(result))
                 continue
-            example = _fit_example(row, messages, *result, cfg, stats, seen, problems)
+            example = _fit_example(row, parsed[i], *result, cfg, stats, seen, problems)
             if example is not None:
                 examples.append(example)
         bar.update(len(chunk))
