@@ -213,19 +213,19 @@ def build_scion(name, config, device, dtype, cache_dir, tokens_per_step, ckpt):
     model = quantized_model(name, attn, cache_dir, scion=True) if qlora else random_model(name, device, dtype, attn)
     liger = speed.apply_fused_layer_kernels(model, device)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer
-    policy = ckpt or choose_policy(model, device, tokens_per_step)
-    speed.enable_checkpointing(model, policy)
     model.config.use_cache = False
     model = add_lora(model)
     if qlora:  # SFTTrainer casts the adapter of a quantised model to bf16
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
+    policy = ckpt or choose_policy(model, device, tokens_per_step)  # after wrapping, as train/run.py does
+    speed.enable_checkpointing(model, policy)
     return model, {"attn": attn, "checkpointing": policy, "liger": liger}
 
 
 def choose_policy(model, device, tokens_per_step):
-    """pick_checkpointing from the memory free before the model was loaded (CPU: full, like stock)."""
+    """train.py's trainer.checkpointing=auto (speed.auto_checkpointing); CPU: full, like stock."""
     import torch
 
     from train import speed
@@ -233,11 +233,7 @@ def choose_policy(model, device, tokens_per_step):
     if not str(device).startswith("cuda"):
         return "full"
     free, _ = torch.cuda.mem_get_info()
-    loaded = torch.cuda.memory_allocated()
-    lora_params = sum(m.in_features + m.out_features for n, m in model.named_modules()
-                      if n.rsplit(".", 1)[-1] in LORA_TARGETS) * 16
-    state = loaded + lora_params * (4 + 4 + 8)  # fp32 weight, gradient and two AdamW moments
-    return speed.pick_checkpointing(free + loaded, state, tokens_per_step, model.config)
+    return speed.auto_checkpointing(model, free + torch.cuda.memory_allocated(), tokens_per_step)  # free before loading
 
 
 # ---------------------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def checkpointing_policy(config: ScionConfig, model, free_memory) -> str:
     """Enable the activation checkpointing policy of trainer.checkpointing on `model`; returns its name.
 
     auto: on a GPU, the fastest policy whose estimate fits the memory that was free before loading
-    (speed.pick_checkpointing), for the largest micro-batch the config allows (batch_size rows of at most
+    (speed.auto_checkpointing), for the largest micro-batch the config allows (batch_size rows of at most
     data.max_length tokens); on the CPU, none, since recomputing only costs time there.
     """
     choice = config.trainer.checkpointing
@@ -175,10 +175,7 @@ def checkpointing_policy(config: ScionConfig, model, free_memory) -> str:
         policy = "none"
     else:
         tokens = config.trainer.batch_size * config.data.max_length
-        policy = speed.pick_checkpointing(free_memory, speed.training_state_bytes(model), tokens, model.config,
-                                          config.peft.dropout)
-        if policy == "offload" and not hasattr(model.get_base_model(), "activation_checkpointing_enable"):
-            policy = "full"  # offloading needs transformers 5.23; full is the next most frugal
+        policy = speed.auto_checkpointing(model, free_memory, tokens, config.peft.dropout)
     try:
         speed.enable_checkpointing(model, policy)
     except ValueError as e:

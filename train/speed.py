@@ -362,6 +362,19 @@ def pick_checkpointing(free_bytes: float, model_bytes: float, tokens_per_step: i
     return "offload"
 
 
+def auto_checkpointing(model, free_bytes: float, tokens_per_step: int, lora_dropout: float = 0.0) -> str:
+    """`pick_checkpointing` for a PEFT-wrapped model, as train.py's trainer.checkpointing=auto uses it.
+
+    free_bytes: accelerator memory free before the weights were loaded. Offload needs transformers'
+    activation_checkpointing_enable (5.23+); where it is missing, full is the next most frugal.
+    """
+    policy = pick_checkpointing(free_bytes, training_state_bytes(model), tokens_per_step, model.config, lora_dropout)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if policy == "offload" and not hasattr(base, "activation_checkpointing_enable"):
+        policy = "full"
+    return policy
+
+
 CHECKPOINTING_POLICIES = ("none", "selective", "full", "offload")
 
 
@@ -547,7 +560,7 @@ def run_speed_summary(tokens: int, seconds: float, config, device_name: Optional
 __all__ = [
     "VARLEN_ATTENTION", "pick_attention", "register_varlen_attention", "varlen_attention_forward",
     "best_fit_bins", "pack_examples", "pack_dataset", "packing_efficiency", "sft_speed_kwargs",
-    "apply_fused_layer_kernels", "activation_bytes_per_token", "pick_checkpointing", "checkpointing_kwargs",
+    "apply_fused_layer_kernels", "activation_bytes_per_token", "pick_checkpointing", "auto_checkpointing", "checkpointing_kwargs",
     "enable_checkpointing",
     "training_state_bytes", "peak_flops", "matmul_params", "model_flops_per_token", "mean_attended_keys",
     "mfu", "speed_callback", "run_speed_summary",
