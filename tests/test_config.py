@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
 from tests.conftest import REPO_ROOT, run_script
-from train.config import ALL_LINEAR, PeftMethod, ScionConfig, list_recipes, register_configs, to_scion_config
+from train.config import ALL_LINEAR, PeftMethod, ScionConfig, compose_config, list_recipes, register_configs, to_scion_config
 
 EXPECTED_RECIPES = {
     "quickstart": ("tiny:qwen2", PeftMethod.lora),
@@ -22,10 +21,9 @@ EXPECTED_RECIPES = {
 }
 
 
-def compose_config(*overrides: str):
+def compose(*overrides: str):
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 def test_shipped_recipes_are_the_expected_ones():
@@ -34,7 +32,7 @@ def test_shipped_recipes_are_the_expected_ones():
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED_RECIPES))
 def test_every_recipe_composes_and_validates(recipe):
-    config = to_scion_config(compose_config(f"recipe={recipe}"))
+    config = to_scion_config(compose(f"recipe={recipe}"))
     assert isinstance(config, ScionConfig)
     model_id, method = EXPECTED_RECIPES[recipe]
     assert config.model.name_or_path == model_id
@@ -61,37 +59,37 @@ def test_recipes_only_override_and_never_redefine_the_schema():
 
 
 def test_default_is_the_quickstart():
-    config = to_scion_config(compose_config())
+    config = to_scion_config(compose())
     assert config.model.name_or_path == "tiny:qwen2"
     assert config.data.train.endswith("data/quickstart/train.jsonl")
 
 
 def test_command_line_overrides_win_over_the_recipe():
-    config = to_scion_config(compose_config("recipe=qwen3b_lora", "trainer.learning_rate=5e-5", "peft.r=8"))
+    config = to_scion_config(compose("recipe=qwen3b_lora", "trainer.learning_rate=5e-5", "peft.r=8"))
     assert config.trainer.learning_rate == 5e-5 and config.peft.r == 8
 
 
 def test_unknown_recipe_fails_and_lists_the_available_ones():
     with pytest.raises(MissingConfigException) as err:
-        compose_config("recipe=nope")
+        compose("recipe=nope")
     assert "qwen3b_lora" in str(err.value)
 
 
 def test_typo_in_a_key_names_the_key_path():
     with pytest.raises(ConfigCompositionException) as err:
-        compose_config("trainer.lerning_rate=1e-4")
+        compose("trainer.lerning_rate=1e-4")
     assert "trainer.lerning_rate" in str(err.value.__cause__)
 
 
 def test_wrong_type_names_the_key_path():
     with pytest.raises(ConfigCompositionException) as err:
-        compose_config("trainer.batch_size=eight")
+        compose("trainer.batch_size=eight")
     assert "trainer.batch_size" in str(err.value.__cause__)
 
 
 def test_bad_enum_value_names_the_key_path():
     with pytest.raises(ConfigCompositionException) as err:
-        compose_config("peft.method=lora2")
+        compose("peft.method=lora2")
     assert "peft.method" in str(err.value.__cause__)
 
 
@@ -108,7 +106,7 @@ def test_typo_inside_a_recipe_file_fails_at_compose_time():
 
 def test_missing_value_is_reported_by_key():
     with pytest.raises(MissingMandatoryValue) as err:
-        to_scion_config(compose_config("model.name_or_path=???"))
+        to_scion_config(compose("model.name_or_path=???"))
     assert "model.name_or_path" in str(err.value)
 
 

@@ -273,6 +273,14 @@ def download_hub_recipe(repo_id: str) -> Path:
         raise SystemExit(f"error: recipe=hub:{repo_id}: cannot download recipe.yaml from the Hub: {first}") from None
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config train.py composes for these command-line overrides (register_configs() first)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
 def to_scion_config(cfg: DictConfig) -> ScionConfig:
     """Convert a composed config into the dataclasses (raises on a missing mandatory value).
 

@@ -20,7 +20,7 @@ import re
 import sys
 from typing import Optional
 
-from train.config import FILE_RECIPES, REPO_ROOT, to_scion_config
+from train.config import FILE_RECIPES, compose_config, to_scion_config
 
 # Hydra flags that take a value, and those after which the compose API cannot reproduce the run.
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p"}
@@ -49,12 +49,10 @@ def check_command_line(argv: list[str]) -> None:
     overrides = config_overrides(argv)
     if overrides is None:
         return
-    from hydra import compose, initialize_config_dir
     from omegaconf.errors import MissingMandatoryValue
 
     try:
-        with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-            to_scion_config(compose(config_name="config", overrides=overrides))
+        to_scion_config(compose_config(overrides))
     except MissingMandatoryValue:
         return  # reported with the exact key by train/run.py, which knows the recipe in use
     except Exception as e:  # noqa: BLE001 - every composition failure becomes the one line below
