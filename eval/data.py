@@ -10,12 +10,11 @@ with `data.eval_ratio` holds the same rows as during training, and every row goe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from train.config import DataFormat, ScionConfig
-from train.data import Row, conversation, split_rows
+from train.data import Row, content_text, conversation, message_role_and_content, raw_messages, split_rows
 from train.errors import ScionError
 
 
@@ -50,19 +49,21 @@ def reference_problem(row: Row, fmt: DataFormat) -> Optional[str]:
         return None if _filled(data.get("completion")) else "its 'completion' is missing or empty"
     if fmt == DataFormat.instruction:
         return None if _filled(data.get("output")) else "its 'output' is missing or empty"
-    raw = data.get("messages", data.get("conversations"))
-    if isinstance(raw, str):  # CSV cells hold the list as JSON text
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            return None
+    try:
+        raw = raw_messages(data)
+    except ValueError:
+        return None
     if not isinstance(raw, list):
         return None
-    answers = [m for m in raw if isinstance(m, dict) and (m.get("role") == "assistant" or m.get("from") in ("gpt", "assistant"))]
+    turns = [message_role_and_content(m) for m in raw if isinstance(m, dict)]
+    answers = [content for role, content in turns if role == "assistant"]
     if not answers:
         return "it has no assistant turn"
-    last = answers[-1]
-    if not _filled(last.get("content", last.get("value"))):
+    try:
+        last = content_text(answers[-1], len(raw) - 1, row.where)
+    except ScionError:  # missing or not text: no answer to score against
+        last = None
+    if not _filled(last):
         return "its last assistant turn is empty"
     return None
 

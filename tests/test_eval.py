@@ -293,6 +293,23 @@ def test_generation_prompt_is_the_training_rendering_up_to_the_last_answer(reque
     assert render_prompt(tokenizer, prompt) + reference + "<|im_end|>\n" == tokenizer.apply_chat_template(messages, tokenize=False)
 
 
+def test_reference_answers_are_read_as_training_reads_them():
+    """Every message shape training accepts (text parts, ShareGPT) gives a reference; empty ones do not."""
+    from eval.data import reference_problem
+    from train.config import DataFormat
+    from train.data import Row
+
+    def problem(assistant_turn):
+        return reference_problem(Row({"messages": [{"role": "user", "content": "hi"}, assistant_turn]}, "x.jsonl:1"),
+                                 DataFormat.messages)
+
+    assert problem({"role": "assistant", "content": [{"type": "text", "text": "hello"}]}) is None
+    assert problem({"from": "gpt", "value": "hello"}) is None
+    assert problem({"role": "assistant", "content": " "}) == "its last assistant turn is empty"
+    assert problem({"role": "assistant", "content": None}) == "its last assistant turn is empty"
+    assert problem({"role": "user", "content": "again"}) == "it has no assistant turn"
+
+
 def test_normalized_match_ignores_case_punctuation_and_articles():
     from eval.metrics import normalize
 

@@ -176,7 +176,23 @@ def _text(value: Any, what: str, where: str) -> str:
     return value
 
 
-def _content_text(content: Any, index: int, where: str) -> str:
+def raw_messages(data: dict[str, Any]) -> Any:
+    """A row's 'messages' (or ShareGPT 'conversations') as stored; raises ValueError for non-JSON text.
+
+    CSV cells hold the list as JSON text, so a string is parsed.
+    """
+    raw = data.get("messages", data.get("conversations"))
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
+def message_role_and_content(msg: dict[str, Any]) -> tuple[Any, Any]:
+    """(role, content) of one stored message, ShareGPT's {"from": "gpt", "value": ...} mapped to chat roles."""
+    if "from" in msg and "role" not in msg:
+        return SHAREGPT_ROLES.get(msg["from"], msg["from"]), msg.get("value")
+    return msg.get("role"), msg.get("content")
+
+
+def content_text(content: Any, index: int, where: str) -> str:
     """A message's content as text: a string, or OpenAI-style parts [{"type": "text", "text": ...}, ...].
 
     Part lists are what many exported chat logs and multimodal datasets hold; text parts are joined
@@ -198,26 +214,20 @@ def to_messages(row: Row, fmt: DataFormat) -> list[dict[str, str]]:
     if not isinstance(data, dict):
         raise ScionError(f"{row.where}: expected a JSON object per row, got {type(data).__name__}")
     if fmt == DataFormat.messages:
-        raw = data.get("messages", data.get("conversations"))
-        if isinstance(raw, str):  # CSV cells hold the list as JSON text
-            try:
-                raw = json.loads(raw)
-            except json.JSONDecodeError:
-                raise ScionError(f"{row.where}: 'messages' is not a list (a string that is not JSON)") from None
+        try:
+            raw = raw_messages(data)
+        except ValueError:
+            raise ScionError(f"{row.where}: 'messages' is not a list (a string that is not JSON)") from None
         if not isinstance(raw, list) or not raw:
             raise ScionError(f"{row.where}: 'messages' must be a non-empty list of {{role, content}} objects")
         messages = []
         for i, msg in enumerate(raw):
             if not isinstance(msg, dict):
                 raise ScionError(f"{row.where}: message {i} is not an object")
-            if "from" in msg and "role" not in msg:  # ShareGPT
-                role = SHAREGPT_ROLES.get(msg["from"], msg["from"])
-                content = msg.get("value")
-            else:
-                role, content = msg.get("role"), msg.get("content")
+            role, content = message_role_and_content(msg)
             if role not in ROLES:
                 raise ScionError(f"{row.where}: message {i} has unknown role {role!r}; expected one of {sorted(ROLES)}")
-            messages.append({"role": role, "content": _content_text(content, i, row.where)})
+            messages.append({"role": role, "content": content_text(content, i, row.where)})
     elif fmt == DataFormat.prompt_completion:
         prompt, completion = data.get("prompt"), data.get("completion")
         messages = [
