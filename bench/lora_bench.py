@@ -362,18 +362,6 @@ def table(results):
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows)
 
 
-def versions():
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "peft", "trl", "bitsandbytes", "liger-kernel", "flash-attn", "accelerate"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def parent_main(args):
     models = ["tiny"] if args.smoke else args.models.split(",")
     unknown = [m for m in models if m not in MODELS]
@@ -387,12 +375,14 @@ def parent_main(args):
                 results.append(run_one(name, config, args, cache_dir))
     add_ratios(results)
     print(table(results), flush=True)
+    from train.run import package_versions
+
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]),
         "smoke": args.smoke,
         "settings": SMOKE if args.smoke else {k: getattr(args, k) for k in DEFAULTS},
-        "versions": versions(),
+        "versions": package_versions(extra=("liger-kernel", "flash-attn")),
         "results": results,
     }
     out = Path(args.out)
