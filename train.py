@@ -6,9 +6,10 @@
     python train.py --help                        # list recipes and config groups
     python train.py recipe=runs/quickstart/<time>/recipe.yaml   # re-run a saved run
 
-This file is only the Hydra entry point; the work happens in the `train/` package
-(train/run.py). `import train` below resolves to that package, not to this script: Python
-prefers a package over a module of the same name on the same path entry.
+This file is only the Hydra entry point: pipeline.py runs preflight, training (the `train/`
+package), evaluation against the base (`eval/`) and publishing (`publish/`). `import train` below
+resolves to that package, not to this script: Python prefers a package over a module of the same
+name on the same path entry.
 """
 
 import sys
@@ -16,9 +17,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from pipeline import main_from_hydra
 from train.config import register_configs, register_recipe_file
 from train.config_errors import check_command_line
-from train.run import main_from_hydra
 
 register_configs()
 sys.argv[1:] = register_recipe_file(sys.argv[1:])

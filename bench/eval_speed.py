@@ -95,7 +95,8 @@ def build_run(work: Path, model, base_name: str, examples: int, max_new_tokens: 
     from omegaconf import OmegaConf
 
     from train.config import DataConfig, EvalConfig, ModelConfig, PeftConfig, Precision, ScionConfig, TrainerConfig
-    from train.rundir import ADAPTER_DIR, RECIPE_FILE, RUN_FILE, write_json_atomic, write_text_atomic
+    from train.files import write_json_atomic, write_text_atomic
+    from train.rundir import ADAPTER_DIR, RECIPE_FILE, RUN_FILE
 
     data = work / "eval.jsonl"
     write_eval_data(data, examples)

@@ -13,7 +13,7 @@ Configurations:
 - stock: what a plain transformers + PEFT script does (the settings of ../shared/bench's probe):
   `seqs` sequences per step padded to the longest, sdpa, non-reentrant gradient checkpointing, the
   model's own loss (full fp32 logits), LoRA r=16 on all seven projections, AdamW.
-- scion: what train/run.py runs with train/speed.py: whole examples packed best-fit into one
+- scion: what train/run.py runs (train/packing.py, train/attention.py, train/activation_checkpointing.py): whole examples packed best-fit into one
   padding-free row of `tokens_per_step` tokens (TRL's collator, position ids restarting per example),
   the attention `pick_attention` chooses, TRL's fused lm_head + log-prob loss, Liger's RMSNorm/RoPE/
   SwiGLU where installed, bf16 autocast as the Trainer uses, checkpointing chosen by
@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `train.speed` importable
+if str(REPO_ROOT) not in sys.path:  # run as a script: make `train` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 PAD_ID = 151643  # <|endoftext|>
@@ -113,10 +113,10 @@ def stock_batches(lengths, n_steps, seqs, vocab, device):
 
 
 def scion_batches(lengths, n_steps, tokens_per_step, vocab, device, seed=0):
-    """Best-fit rows of the pool (train/speed.py), a seeded random pick of them, TRL's padding-free collator."""
+    """Best-fit rows of the pool (train/packing.py), a seeded random pick of them, TRL's padding-free collator."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from train.speed import best_fit_bins
+    from train.packing import best_fit_bins
 
     bins = best_fit_bins(lengths, tokens_per_step, seed=seed)
     if len(bins) < n_steps:
@@ -206,12 +206,12 @@ def build_scion(name, config, device, dtype, cache_dir, tokens_per_step, ckpt):
     import torch
     from trl.trainer.utils import add_fused_lm_head
 
-    from train import speed
+    from train import activation_checkpointing, attention, kernels
 
-    attn = speed.pick_attention(device, dtype)
+    attn = attention.pick_attention(device, dtype)
     qlora = config == "qlora_scion"
     model = quantized_model(name, attn, cache_dir, scion=True) if qlora else random_model(name, device, dtype, attn)
-    liger = speed.apply_fused_layer_kernels(model, device)
+    liger = kernels.apply_fused_layer_kernels(model, device)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer
     model.config.use_cache = False
     model = add_lora(model)
@@ -220,20 +220,20 @@ def build_scion(name, config, device, dtype, cache_dir, tokens_per_step, ckpt):
             if p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     policy = ckpt or choose_policy(model, device, tokens_per_step)  # after wrapping, as train/run.py does
-    speed.enable_checkpointing(model, policy)
+    activation_checkpointing.enable_checkpointing(model, policy)
     return model, {"attn": attn, "checkpointing": policy, "liger": liger}
 
 
 def choose_policy(model, device, tokens_per_step):
-    """train.py's trainer.checkpointing=auto (speed.auto_checkpointing); CPU: full, like stock."""
+    """train.py's trainer.checkpointing=auto (activation_checkpointing.auto_checkpointing); CPU: full, like stock."""
     import torch
 
-    from train import speed
+    from train import activation_checkpointing
 
     if not str(device).startswith("cuda"):
         return "full"
     free, _ = torch.cuda.mem_get_info()
-    return speed.auto_checkpointing(model, free + torch.cuda.memory_allocated(), tokens_per_step)  # free before loading
+    return activation_checkpointing.auto_checkpointing(model, free + torch.cuda.memory_allocated(), tokens_per_step)  # free before loading
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def choose_policy(model, device, tokens_per_step):
 def run_worker(name, config, opts, cache_dir, ckpt):
     import torch
 
-    from train import speed
+    from train import throughput
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -287,9 +287,9 @@ def run_worker(name, config, opts, cache_dir, ckpt):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     rate = real / seconds
-    fpt = speed.model_flops_per_token(cfg)
+    fpt = throughput.model_flops_per_token(cfg)
     device_name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
-    utilisation = speed.mfu(rate, fpt, speed.peak_flops(device_name) if cuda else None)
+    utilisation = throughput.mfu(rate, fpt, throughput.peak_flops(device_name) if cuda else None)
     return {
         "model": name, "config": config, "status": "ok", "device": device_name, **info,
         "steps": opts["steps"], "real_tokens": real, "trained_tokens": trained,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from eval.metrics import METRICS
-from train.rundir import write_bytes_atomic, write_json_atomic, write_text_atomic
+from train.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 RESULTS_VERSION = 1
 EVAL_DIR = "eval"

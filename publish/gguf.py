@@ -34,10 +34,12 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import LlamaFileType, TokenType
 
-# HF architecture -> gguf architecture enum.
+from train.arch import ARCHITECTURES, by_hf_class
+
+# HF architecture -> gguf architecture enum, for every architecture in train/arch/.
 SUPPORTED_ARCHITECTURES = {
-    "Qwen2ForCausalLM": gguf.MODEL_ARCH.QWEN2,
-    "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3,
+    a.hf_class: next(arch for arch, name in gguf.MODEL_ARCH_NAMES.items() if name == a.gguf_arch)
+    for a in ARCHITECTURES.values()
 }
 # qtype -> (type of the 2-D weight matrices, general.file_type)
 QTYPES = {
@@ -51,10 +53,7 @@ _BLOCK_TENSORS = [
     "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
     "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
 ]
-_ARCH_BLOCK_TENSORS = {
-    gguf.MODEL_ARCH.QWEN2: ["attn_q.bias", "attn_k.bias", "attn_v.bias"],
-    gguf.MODEL_ARCH.QWEN3: ["attn_q_norm.weight", "attn_k_norm.weight"],
-}
+_ARCH_BLOCK_TENSORS = {SUPPORTED_ARCHITECTURES[a.hf_class]: list(a.gguf_block_tensors) for a in ARCHITECTURES.values()}
 
 
 def convert_to_gguf(
@@ -117,8 +116,8 @@ def read_config(model_dir: Path) -> tuple[dict, gguf.MODEL_ARCH]:
         raise ValueError(f"GGUF conversion of {archs[0]} does not support RoPE scaling {rope_type!r}")
     if config.get("use_sliding_window"):
         raise ValueError(f"GGUF conversion of {archs[0]} does not support sliding-window attention")
-    if arch == gguf.MODEL_ARCH.QWEN3 and config.get("attention_bias"):
-        raise ValueError("GGUF conversion of Qwen3ForCausalLM does not support attention biases")
+    if "attn_q.bias" not in _ARCH_BLOCK_TENSORS[arch] and config.get("attention_bias"):
+        raise ValueError(f"GGUF conversion of {archs[0]} does not support attention biases")
     return config, arch
 
 
@@ -207,7 +206,7 @@ def add_metadata(writer: gguf.GGUFWriter, config: dict, arch: gguf.MODEL_ARCH, n
     writer.add_head_count_kv(config.get("num_key_value_heads", n_heads))
     writer.add_rope_freq_base(float(_rope(config).get("rope_theta", config.get("rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
-    if arch == gguf.MODEL_ARCH.QWEN3:  # Qwen3's head_dim is not hidden_size / heads in general
+    if by_hf_class(config["architectures"][0]).gguf_explicit_head_dim:  # not hidden_size / heads in general
         head_dim = config.get("head_dim") or config["hidden_size"] // n_heads
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)

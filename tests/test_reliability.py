@@ -348,10 +348,11 @@ CONFIG_ERRORS = [
 @pytest.mark.parametrize("mutate,message", CONFIG_ERRORS, ids=[m.split(":")[0].split(" ")[0] for _, m in CONFIG_ERRORS])
 def test_config_errors_fail_before_any_model_is_loaded(tmp_path, monkeypatch, mutate, message):
     import train.run as run_module
+    from pipeline import run_pipeline
 
     monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ScionError, match=message):
-        run_module.train(mutate(config_for(tmp_path / "run")))
+        run_pipeline(mutate(config_for(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
 
 

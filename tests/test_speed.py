@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
-from train import speed
+from train import activation_checkpointing, attention, packing, throughput
 
 LENGTHS = [9, 23, 5, 31, 16, 12, 27, 8]  # varied, so padding and packing both matter
 PAD_ID = 151643  # <|endoftext|>, as train/model.py sets it
@@ -84,15 +84,15 @@ def assert_grads_close(a, b, rtol=1e-5):
 # ---------------------------------------------------------------------------------------------
 # 1. No token attends across an example boundary
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch,attn", [("qwen2", "sdpa"), ("qwen2", speed.VARLEN_ATTENTION), ("qwen3", speed.VARLEN_ATTENTION)])
+@pytest.mark.parametrize("arch,attn", [("qwen2", "sdpa"), ("qwen2", attention.VARLEN_ATTENTION), ("qwen3", attention.VARLEN_ATTENTION)])
 def test_packed_row_equals_each_example_alone(request, arch, attn):
     from transformers import AutoModelForCausalLM
 
-    speed.register_varlen_attention()
+    attention.register_varlen_attention()
     model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn).eval()
     examples = make_examples()
-    row = collate(speed.pack_examples(examples, max_tokens=sum(LENGTHS)), padding_free=True)
+    row = collate(packing.pack_examples(examples, max_tokens=sum(LENGTHS)), padding_free=True)
     assert row["input_ids"].shape == (1, sum(LENGTHS))
     with torch.no_grad():
         packed = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False,
@@ -131,9 +131,9 @@ def test_varlen_attention_matches_sdpa_on_a_packed_row():
     q = torch.randn(1, 4, sum(lengths), 8, generator=g)
     k, v = torch.randn(1, 2, sum(lengths), 8, generator=g), torch.randn(1, 2, sum(lengths), 8, generator=g)
     position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
-    cu, max_len = speed.cu_seqlens_from_position_ids(position_ids)
+    cu, max_len = attention.cu_seqlens_from_position_ids(position_ids)
     assert cu.tolist() == [0, 5, 6, 15, 18] and max_len == 9
-    out, _ = speed.varlen_attention_forward(Module(), q, k, v, None, scaling=8**-0.5, position_ids=position_ids)
+    out, _ = attention.varlen_attention_forward(Module(), q, k, v, None, scaling=8**-0.5, position_ids=position_ids)
     segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     t = torch.arange(sum(lengths))
     mask = (segment[:, None] == segment[None, :]) & (t[:, None] >= t[None, :])
@@ -148,7 +148,7 @@ def test_varlen_kernel_call_follows_the_signature_of_this_torch():
 
     def fake_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **kwargs):
         calls.append((k.shape[1], kwargs))
-        return speed._varlen_by_example(q, k, v, cu_q, scale, 0.0)
+        return attention._varlen_by_example(q, k, v, cu_q, scale, 0.0)
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(12, 4, 8, generator=g), torch.randn(12, 2, 8, generator=g), torch.randn(12, 2, 8, generator=g)
@@ -160,7 +160,7 @@ def test_varlen_kernel_call_follows_the_signature_of_this_torch():
         (base | {"enable_gqa"}, (2, {"enable_gqa": True, "window_size": (-1, 0)})),
         (base | {"enable_gqa", "is_causal"}, (2, {"enable_gqa": True, "is_causal": True})),
     ]:
-        outs.append(speed._varlen_cuda(fake_varlen_attn, frozenset(params), q, k, v, cu, 7, 8**-0.5))
+        outs.append(attention._varlen_cuda(fake_varlen_attn, frozenset(params), q, k, v, cu, 7, 8**-0.5))
         assert calls[-1] == expected
     torch.testing.assert_close(outs[0], outs[1])
     torch.testing.assert_close(outs[1], outs[2])
@@ -170,16 +170,16 @@ def test_varlen_attention_leaves_padded_and_cached_calls_to_sdpa(tiny_qwen2_dir,
     """Generation with a padded batch and a KV cache gives the same tokens as sdpa."""
     from transformers import AutoModelForCausalLM
 
-    speed.register_varlen_attention()
+    attention.register_varlen_attention()
     prompts = ["Hello there", "What is the capital of Peru? Answer briefly."]
     tokenizer = qwen2_5_tokenizer  # session-wide: left padding is asked for per call, not set on it
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     assert (batch["attention_mask"] == 0).any()
     outputs = {}
-    for attn in ("sdpa", speed.VARLEN_ATTENTION):
+    for attn in ("sdpa", attention.VARLEN_ATTENTION):
         model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32, attn_implementation=attn)
         outputs[attn] = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert torch.equal(outputs["sdpa"], outputs[speed.VARLEN_ATTENTION])
+    assert torch.equal(outputs["sdpa"], outputs[attention.VARLEN_ATTENTION])
 
 
 @pytest.mark.gpu
@@ -187,13 +187,13 @@ def test_varlen_kernel_on_cuda_keeps_examples_apart(tiny_qwen2_dir, monkeypatch)
     """On a GPU: the chosen attention on a packed bf16 row == each example alone, with the real kernel."""
     from transformers import AutoModelForCausalLM
 
-    attn = speed.pick_attention("cuda", torch.bfloat16)
-    assert attn in ("flash_attention_3", "flash_attention_2", speed.VARLEN_ATTENTION)
-    monkeypatch.setattr(speed, "_varlen_by_example", lambda *a: pytest.fail("the CPU fallback ran on CUDA"))
+    attn = attention.pick_attention("cuda", torch.bfloat16)
+    assert attn in ("flash_attention_3", "flash_attention_2", attention.VARLEN_ATTENTION)
+    monkeypatch.setattr(attention, "_varlen_by_example", lambda *a: pytest.fail("the CPU fallback ran on CUDA"))
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.bfloat16, attn_implementation=attn)
     model = model.cuda().eval()
     examples = make_examples()
-    row = collate(speed.pack_examples(examples, max_tokens=sum(LENGTHS)), padding_free=True)
+    row = collate(packing.pack_examples(examples, max_tokens=sum(LENGTHS)), padding_free=True)
     order = _examples_in_row(row, examples)
     inputs = {k: row[k].cuda() for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")}
     with torch.no_grad():
@@ -207,10 +207,10 @@ def test_varlen_kernel_on_cuda_keeps_examples_apart(tiny_qwen2_dir, monkeypatch)
 def test_pick_attention_on_cpu_and_registry():
     from transformers import AttentionInterface
 
-    assert speed.pick_attention("cpu") == "sdpa"
-    assert speed.pick_attention("cuda", torch.float32) == "sdpa"
-    assert speed.register_varlen_attention() in AttentionInterface().valid_keys()
-    kernel, params = speed.varlen_kernel()
+    assert attention.pick_attention("cpu") == "sdpa"
+    assert attention.pick_attention("cuda", torch.float32) == "sdpa"
+    assert attention.register_varlen_attention() in AttentionInterface().valid_keys()
+    kernel, params = attention.varlen_kernel()
     if kernel is not None:  # the signature is read, not assumed
         assert {"query", "key", "value", "scale"} <= params
 
@@ -218,14 +218,14 @@ def test_pick_attention_on_cpu_and_registry():
 # ---------------------------------------------------------------------------------------------
 # 2. Packed batch == padded batch: loss and LoRA gradients
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("attn", ["sdpa", speed.VARLEN_ATTENTION])
+@pytest.mark.parametrize("attn", ["sdpa", attention.VARLEN_ATTENTION])
 def test_packed_loss_and_lora_grads_equal_the_padded_batch(tiny_qwen2_dir, attn):
-    speed.register_varlen_attention()
+    attention.register_varlen_attention()
     model = lora_model(tiny_qwen2_dir, attn)
     examples = make_examples()
     padded = collate(examples, padding_free=False)
     assert padded["attention_mask"].sum() < padded["attention_mask"].numel()  # there is padding
-    rows = speed.pack_examples(examples, max_tokens=48)
+    rows = packing.pack_examples(examples, max_tokens=48)
     assert len(rows) > 1  # several packed rows, flattened by the collator
     packed = collate(rows, padding_free=True)
     loss_padded, grads_padded = loss_and_grads(model, padded)
@@ -243,7 +243,7 @@ def test_packed_loss_and_lora_grads_equal_the_padded_batch(tiny_qwen2_dir, attn)
 def test_fused_loss_and_grads_equal_the_plain_loss(tiny_qwen2_dir, padding_free):
     model = lora_model(tiny_qwen2_dir, fused_head=True)
     examples = make_examples()
-    batch = collate(speed.pack_examples(examples, 64) if padding_free else examples, padding_free=padding_free)
+    batch = collate(packing.pack_examples(examples, 64) if padding_free else examples, padding_free=padding_free)
     loss_plain, grads_plain = loss_and_grads(model, batch)
     loss_fused, grads_fused = loss_and_grads(model, batch, fused_lm_head=True)
     torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=0)
@@ -273,7 +273,7 @@ def sft_run(model_dir, tokenizer, out, rows, *, batch_size, ga, padding_free, pa
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    kwargs = speed.sft_speed_kwargs("cpu", packing=packing, max_length=64) if padding_free else {"max_length": None}
+    kwargs = packing.sft_speed_kwargs("cpu", packing=packing, max_length=64) if padding_free else {"max_length": None}
     args = SFTConfig(
         output_dir=str(out), seed=0, data_seed=0, max_steps=steps, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=ga, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
@@ -303,7 +303,7 @@ def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_pat
     a relative gradient error of 2e-2).
     """
     examples = make_examples()
-    rows = speed.pack_examples(examples, max_tokens=64)
+    rows = packing.pack_examples(examples, max_tokens=64)
     n_rows = len(rows)
     assert 1 < n_rows < len(examples)
     runs = {
@@ -311,11 +311,11 @@ def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_pat
         "padded_ga2": dict(rows=examples, batch_size=4, ga=2, padding_free=False),
         "padding_free_ga2": dict(rows=examples, batch_size=4, ga=2, padding_free=True),
         "packed_ga": dict(rows=rows, batch_size=1, ga=n_rows, padding_free=True, packing=True,
-                          attn=speed.register_varlen_attention()),
+                          attn=attention.register_varlen_attention()),
     }
     # The packed run's attention must get the example boundaries from the collator's cu_seq_lens,
     # passed through Trainer, PEFT and the fused head, not recompute them from position_ids.
-    monkeypatch.setattr(speed, "cu_seqlens_from_position_ids", lambda *a: pytest.fail("cu_seq_lens did not arrive"))
+    monkeypatch.setattr(attention, "cu_seqlens_from_position_ids", lambda *a: pytest.fail("cu_seq_lens did not arrive"))
     grads = {}
     for name, kwargs in runs.items():
         trainer, captured = sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / name, **kwargs)
@@ -327,7 +327,7 @@ def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_pat
 
 def test_packed_sft_run_resumes_exactly(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer):
     """2 packed steps straight == 1 step, stop, resume from checkpoint-1 for 1 more (same LoRA weights)."""
-    rows = speed.pack_examples(make_examples(seed=3), max_tokens=40)
+    rows = packing.pack_examples(make_examples(seed=3), max_tokens=40)
     common = dict(rows=rows, batch_size=1, ga=1, padding_free=True, packing=True, steps=2, lr=1e-2)
     straight, _ = sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "straight", **common)
     sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "stopped", **{**common, "steps": 1}, save_steps=1)
@@ -348,7 +348,7 @@ def test_best_fit_packing_keeps_every_example_whole_and_once():
 
     rng = random.Random(0)
     lengths = [min(2048, max(1, int(rng.lognormvariate(6.1, 0.8)))) for _ in range(3000)]
-    bins = speed.best_fit_bins(lengths, capacity=4096, seed=0)
+    bins = packing.best_fit_bins(lengths, capacity=4096, seed=0)
     flat = sorted(i for b in bins for i in b)
     assert flat == list(range(len(lengths)))  # every example exactly once
     assert all(sum(lengths[i] for i in b) <= 4096 for b in bins)
@@ -356,7 +356,7 @@ def test_best_fit_packing_keeps_every_example_whole_and_once():
     assert len(bins) <= 1.03 * sum(lengths) / 4096 + 1
 
     examples = make_examples([5, 17, 3, 40, 11, 29, 2, 8], seed=4)
-    rows = speed.pack_examples(examples, max_tokens=40, seed=1)
+    rows = packing.pack_examples(examples, max_tokens=40, seed=1)
     seen = []
     for row in rows:
         assert len(row["input_ids"]) == len(row["labels"]) == sum(row["seq_lengths"]) <= 40
@@ -366,12 +366,12 @@ def test_best_fit_packing_keeps_every_example_whole_and_once():
             seen.append(examples.index(piece))  # whole: tokens and labels intact
             start += n
     assert sorted(seen) == list(range(len(examples)))
-    assert speed.packing_efficiency(rows, 40) > 0.7
+    assert packing.packing_efficiency(rows, 40) > 0.7
     import datasets
 
-    assert speed.pack_dataset(datasets.Dataset.from_list(examples), 40, seed=1).to_list() == rows
+    assert packing.pack_dataset(datasets.Dataset.from_list(examples), 40, seed=1).to_list() == rows
     with pytest.raises(ValueError, match="longer than the row budget 30"):
-        speed.pack_examples(examples, max_tokens=30)
+        packing.pack_examples(examples, max_tokens=30)
 
 
 def test_sft_speed_kwargs_are_sftconfig_fields():
@@ -382,21 +382,21 @@ def test_sft_speed_kwargs_are_sftconfig_fields():
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     for device in ("cpu", "cuda"):
         for packing in (False, True):
-            kwargs = speed.sft_speed_kwargs(device, packing, 2048)
+            kwargs = packing.sft_speed_kwargs(device, packing, 2048)
             assert set(kwargs) <= fields and kwargs["padding_free"] is True
-    assert speed.sft_speed_kwargs("cpu", False, 2048)["max_length"] is None  # TRL refuses padding-free + max_length
-    assert speed.sft_speed_kwargs("cpu", True, 2048)["max_length"] == 2048
+    assert packing.sft_speed_kwargs("cpu", False, 2048)["max_length"] is None  # TRL refuses padding-free + max_length
+    assert packing.sft_speed_kwargs("cpu", True, 2048)["max_length"] == 2048
 
 
 # ---------------------------------------------------------------------------------------------
 # 6. Activation memory policy and FLOPs
 # ---------------------------------------------------------------------------------------------
 def test_checkpointing_policies_give_the_same_grads(tiny_qwen2_dir):
-    batch = collate(speed.pack_examples(make_examples(), 64), padding_free=True)
+    batch = collate(packing.pack_examples(make_examples(), 64), padding_free=True)
     _, reference = loss_and_grads(lora_model(tiny_qwen2_dir).train(), batch)
     for policy in ("full", "selective", "offload"):
         model = lora_model(tiny_qwen2_dir).train()
-        speed.enable_checkpointing(model, policy)
+        activation_checkpointing.enable_checkpointing(model, policy)
         assert model.get_base_model().is_gradient_checkpointing
         _, checkpointed = loss_and_grads(model, batch)
         assert_grads_close(checkpointed, reference)
@@ -419,9 +419,9 @@ def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):
     assert applied(1000 * gib) == ("none (auto)", False)  # a GPU with room to spare
     # Room for the weights, the reserve and full checkpointing's activations, but not selective's.
     model = lora_model(tiny_qwen2_dir)
-    full = speed.activation_bytes_per_token(model.config, "full") * 8 * 2048
-    selective = speed.activation_bytes_per_token(model.config, "selective") * 8 * 2048
-    free = (speed.training_state_bytes(model) + 2 * gib + (full + selective) / 2) / 0.9
+    full = activation_checkpointing.activation_bytes_per_token(model.config, "full") * 8 * 2048
+    selective = activation_checkpointing.activation_bytes_per_token(model.config, "selective") * 8 * 2048
+    free = (activation_checkpointing.training_state_bytes(model) + 2 * gib + (full + selective) / 2) / 0.9
     assert applied(free) == ("full (auto)", True)
     config.trainer.checkpointing = Checkpointing.selective
     assert applied(1000 * gib) == ("selective", True)
@@ -435,27 +435,27 @@ def test_pick_checkpointing_and_flops():
     # Qwen2.5-3B's shape: 4·N is the H100 probe's "model TFLOP/s (4N)" divided by tokens/s.
     cfg = Qwen2Config(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
-    assert speed.matmul_params(cfg) == 36 * (2048 * 128 * (32 + 4) + 3 * 2048 * 11008) + 151936 * 2048
-    assert 146 <= 11851 * speed.model_flops_per_token(cfg) / 1e12 <= 147  # the probe's packed_varlen_liger row
-    assert speed.model_flops_per_token(cfg, speed.mean_attended_keys([450])) > speed.model_flops_per_token(cfg)
-    assert speed.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and speed.peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert speed.peak_flops("NVIDIA L40S") == 362e12 and speed.peak_flops("cpu") is None
-    assert speed.mfu(1000.0, 1e9, None) is None and speed.mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+    assert throughput.matmul_params(cfg) == 36 * (2048 * 128 * (32 + 4) + 3 * 2048 * 11008) + 151936 * 2048
+    assert 146 <= 11851 * throughput.model_flops_per_token(cfg) / 1e12 <= 147  # the probe's packed_varlen_liger row
+    assert throughput.model_flops_per_token(cfg, throughput.mean_attended_keys([450])) > throughput.model_flops_per_token(cfg)
+    assert throughput.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and throughput.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert throughput.peak_flops("NVIDIA L40S") == 362e12 and throughput.peak_flops("cpu") is None
+    assert throughput.mfu(1000.0, 1e9, None) is None and throughput.mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
 
     gib = 2**30
     # Ordered by memory: none > selective > full > offload, and the policy relaxes as memory grows.
-    per = [speed.activation_bytes_per_token(cfg, p) for p in ("none", "selective", "full", "offload")]
+    per = [activation_checkpointing.activation_bytes_per_token(cfg, p) for p in ("none", "selective", "full", "offload")]
     assert per == sorted(per, reverse=True)
-    picks = [speed.pick_checkpointing(free * gib, 8 * gib, 16384, cfg) for free in (15, 18, 22, 200)]
+    picks = [activation_checkpointing.pick_checkpointing(free * gib, 8 * gib, 16384, cfg) for free in (15, 18, 22, 200)]
     assert picks == ["offload", "full", "selective", "none"]
     # Calibration against the probe: 3B at 8,192 tokens without checkpointing peaked at 51.2 GiB (Liger on).
-    assert 40 * gib < speed.activation_bytes_per_token(cfg, "none") * 8192 + 6.5 * gib < 60 * gib
+    assert 40 * gib < activation_checkpointing.activation_bytes_per_token(cfg, "none") * 8192 + 6.5 * gib < 60 * gib
 
 
 def test_speed_callback_logs_tokens_per_second_into_history():
     from transformers import TrainerControl, TrainerState
 
-    callback = speed.speed_callback(flops_per_token=1e9, peak=1e13)
+    callback = throughput.speed_callback(flops_per_token=1e9, peak=1e13)
     state = TrainerState()
     state.num_input_tokens_seen, state.global_step = 0, 0
     callback.on_train_begin(None, state, TrainerControl())
@@ -465,7 +465,7 @@ def test_speed_callback_logs_tokens_per_second_into_history():
     callback.on_log(None, state, TrainerControl(), logs=logs)
     assert logs["tokens_per_second"] > 0 and logs["mfu"] > 0
     assert state.log_history[-1]["tokens_per_second"] == logs["tokens_per_second"]
-    summary = speed.run_speed_summary(1000, 2.0, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    summary = throughput.run_speed_summary(1000, 2.0, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                                    "num_attention_heads": 4, "num_key_value_heads": 2,
                                                    "vocab_size": 151936}, None)
     assert summary["tokens_per_second"] == 500.0 and summary["mfu"] is None

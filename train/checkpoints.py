@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from train.errors import ScionError
-from train.rundir import write_json_atomic
+from train.files import write_json_atomic
 
 MARKER = "scion_checkpoint.json"
 STAGING = ".partial"

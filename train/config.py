@@ -16,11 +16,13 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from train.arch.base import DENSE_LORA_TARGETS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
 
-# The seven linear projections of every Qwen2/Qwen3 decoder layer.
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The seven linear projections of every Qwen2/Qwen3 decoder layer (train/arch/).
+ALL_LINEAR = list(DENSE_LORA_TARGETS)
 
 
 class PeftMethod(str, Enum):
@@ -120,7 +122,7 @@ class TrainerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     precision: Precision = Precision.bf16
-    # Activation checkpointing policy (train/speed.py). auto picks from the free GPU memory, the
+    # Activation checkpointing policy (train/activation_checkpointing.py). auto picks from the free GPU memory, the
     # micro-batch's tokens (batch_size x data.max_length) and the model's shape, and says which.
     checkpointing: Checkpointing = Checkpointing.auto
     # Pack whole examples into rows of data.max_length tokens (best fit). batch_size then counts

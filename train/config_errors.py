@@ -54,7 +54,7 @@ def check_command_line(argv: list[str]) -> None:
     try:
         to_scion_config(compose_config(overrides))
     except MissingMandatoryValue:
-        return  # reported with the exact key by train/run.py, which knows the recipe in use
+        return  # reported with the exact key by pipeline.py, which knows the recipe in use
     except Exception as e:  # noqa: BLE001 - every composition failure becomes the one line below
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)

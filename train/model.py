@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from train.arch import SUPPORTED_HF_CLASSES
 from train.config import ModelConfig, PeftConfig, PeftMethod, Precision
 from train.errors import ScionError
 from train.tiny import TINY_PREFIX, ensure_tiny_model
@@ -24,7 +25,6 @@ from train.tokenizer import ENDOFTEXT, IM_END
 # What a training run needs from a base repo. No *.bin / *.pt / *.pth: those are pickles.
 BASE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "README.md", "LICENSE*", "NOTICE*"]
 HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
-SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 
 
 @dataclass
@@ -86,9 +86,9 @@ def resolve_base(cfg: ModelConfig) -> BaseModel:
         raise ScionError(f"model.name_or_path: no *.safetensors weights in {local}{hint}")
     config = json.loads(config_file.read_text())
     architecture = (config.get("architectures") or ["?"])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES and not cfg.trust_remote_code:
+    if architecture not in SUPPORTED_HF_CLASSES and not cfg.trust_remote_code:
         raise ScionError(
-            f"model.name_or_path: architecture {architecture} is not supported; Scion trains {sorted(SUPPORTED_ARCHITECTURES)}"
+            f"model.name_or_path: architecture {architecture} is not supported; Scion trains {SUPPORTED_HF_CLASSES}"
         )
     if cfg.trust_remote_code and not (cfg.revision and re.fullmatch(r"[0-9a-f]{40}", cfg.revision)):
         raise ScionError("model.trust_remote_code=true needs model.revision pinned to a full commit sha")
@@ -155,21 +155,21 @@ def torch_dtype(precision: Precision):
 def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: Precision, device: str = "cpu"):
     """The base model in the run's dtype, or in 4-bit nf4 for QLoRA (non-quantised parts in bf16).
 
-    Attention is picked at run time (train/speed.py): varlen/flash kernels on a CUDA GPU where
+    Attention is picked at run time (train/attention.py): varlen/flash kernels on a CUDA GPU where
     installed, sdpa elsewhere; model.attn_implementation overrides it.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    from train import speed
+    from train import attention, kernels
 
-    speed.register_varlen_attention()  # lets a recipe name "scion_varlen" too
+    attention.register_varlen_attention()  # lets a recipe name "scion_varlen" too
     dtype = torch.bfloat16 if peft.method == PeftMethod.qlora else torch_dtype(precision)
     kwargs: dict[str, Any] = dict(
         dtype=dtype,
         use_safetensors=True,
         trust_remote_code=cfg.trust_remote_code,
-        attn_implementation=cfg.attn_implementation or speed.pick_attention(device, dtype),
+        attn_implementation=cfg.attn_implementation or attention.pick_attention(device, dtype),
     )
     if peft.method == PeftMethod.qlora:
         from transformers import BitsAndBytesConfig
@@ -184,7 +184,7 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
         )
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base.local_dir, **kwargs)
-    speed.apply_fused_layer_kernels(model, device)  # Liger's RMSNorm/RoPE/SwiGLU on CUDA, when installed
+    kernels.apply_fused_layer_kernels(model, device)  # Liger's RMSNorm/RoPE/SwiGLU on CUDA, when installed
     return model
 
 
@@ -203,7 +203,7 @@ def check_target_modules(base: BaseModel, peft: PeftConfig) -> None:
 
 
 def add_adapter(model, peft: PeftConfig):
-    """Wrap the model with a LoRA/DoRA adapter on `peft.target_modules` (checkpointing: train/speed.py)."""
+    """Wrap the model with a LoRA/DoRA adapter on `peft.target_modules` (checkpointing: train/activation_checkpointing.py)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(

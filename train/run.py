@@ -1,7 +1,15 @@
 """One training run, top to bottom: check everything, load, train, save the run directory.
 
 Everything that can fail on bad input (config values, the base's files, every data row) is
-checked before the output directory is created or any weights are loaded.
+checked before the output directory is created or any weights are loaded:
+
+    plan = plan_training(config)   # config values, device, the base's files, LoRA targets
+    load_training_data(plan)       # the tokenizer and every data row
+    result = run_training(plan)    # run directory, weights, training, adapter, run.json
+
+`train(config)` does the three in a row. Evaluation and publishing are not training's business:
+pipeline.py (called by train.py) runs their preflights between these steps and the steps
+themselves after training.
 """
 
 from __future__ import annotations
@@ -16,44 +24,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import OmegaConf
 
-from train import speed
-from train.config import FILE_RECIPES, Checkpointing, PeftMethod, Precision, ScionConfig, to_scion_config
+from train import activation_checkpointing, packing, throughput
+from train.config import Checkpointing, PeftMethod, Precision, ScionConfig
 from train.data import PreparedData, prepare_data
 from train.errors import Preempted, ScionError
 from train.model import BaseModel, add_adapter, check_target_modules, load_model, load_tokenizer, resolve_base
-from train.rundir import (
-    ADAPTER_DIR, CHECKPOINTS_DIR, RECIPE_FILE, RUN_FILE, RunLock, check_free_space, default_output_dir,
-    prepare_run_dir, write_json_atomic, write_text_atomic,
-)
 from train.checkpoints import check_resume_config
+from train.files import write_json_atomic, write_text_atomic
+from train.rundir import (
+    ADAPTER_DIR, CHECKPOINTS_DIR, RECIPE_FILE, RUN_FILE, RunLock, check_free_space, default_output_dir, prepare_run_dir,
+)
 
 PACKAGES = ["torch", "transformers", "peft", "trl", "datasets", "accelerate", "huggingface_hub", "bitsandbytes", "hydra-core"]
-
-
-def main_from_hydra(cfg: DictConfig) -> None:
-    """Entry from train.py: typed config in, one-line error and exit code 2 on bad input."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        config = to_scion_config(cfg)
-        choice = HydraConfig.get().runtime.choices.get("recipe") or "custom"
-        if choice not in FILE_RECIPES:  # a saved recipe.yaml keeps the name of the run it came from
-            config.recipe_name = choice
-        train(config)
-    except MissingMandatoryValue as e:
-        print(f"error: missing value for {e.full_key} (set it in the recipe or as {e.full_key}=...)", file=sys.stderr)
-        sys.exit(2)
-    except ScionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except Preempted as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
 
 
 def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
@@ -85,11 +71,6 @@ def check_config(config: ScionConfig) -> None:
             raise ScionError(f"trainer.report_to: unknown logger {target!r}; use tensorboard and/or wandb")
     if p.method == PeftMethod.qlora and t.precision == Precision.fp32:
         raise ScionError("peft.method=qlora computes in bf16; set trainer.precision=bf16")
-
-
-def will_evaluate(config: ScionConfig) -> bool:
-    """Evaluation is on by default, and needs a held-out split to compare base and fine-tune on."""
-    return config.eval.enabled and bool(config.data.eval or config.data.eval_ratio > 0)
 
 
 def pick_device(config: ScionConfig) -> str:
@@ -139,7 +120,7 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         max_grad_norm=t.max_grad_norm,
         bf16=t.precision == Precision.bf16,
         fp16=t.precision == Precision.fp16,
-        gradient_checkpointing=False,  # Scion's own policy, enabled in _train_in (train/speed.py)
+        gradient_checkpointing=False,  # Scion's own policy, enabled in _train_in (train/activation_checkpointing.py)
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must show in the logs (pitfalls.md #4)
         save_strategy="steps",
@@ -156,7 +137,7 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         dataloader_num_workers=0,
         # GPU (or packing): padding-free micro-batches for the varlen kernels; the CPU keeps padded
         # batches (same math, tests/test_speed.py), where sdpa would need an O(T^2) block mask.
-        **(speed.sft_speed_kwargs(device, t.packing, config.data.max_length)
+        **(packing.sft_speed_kwargs(device, t.packing, config.data.max_length)
            if device == "cuda" or t.packing else {"max_length": None}),
     )
 
@@ -165,7 +146,7 @@ def checkpointing_policy(config: ScionConfig, model, free_memory) -> str:
     """Enable the activation checkpointing policy of trainer.checkpointing on `model`; returns its name.
 
     auto: on a GPU, the fastest policy whose estimate fits the memory that was free before loading
-    (speed.auto_checkpointing), for the largest micro-batch the config allows (batch_size rows of at most
+    (activation_checkpointing.auto_checkpointing), for the largest micro-batch the config allows (batch_size rows of at most
     data.max_length tokens); on the CPU, none, since recomputing only costs time there.
     """
     choice = config.trainer.checkpointing
@@ -175,9 +156,9 @@ def checkpointing_policy(config: ScionConfig, model, free_memory) -> str:
         policy = "none"
     else:
         tokens = config.trainer.batch_size * config.data.max_length
-        policy = speed.auto_checkpointing(model, free_memory, tokens, config.peft.dropout)
+        policy = activation_checkpointing.auto_checkpointing(model, free_memory, tokens, config.peft.dropout)
     try:
-        speed.enable_checkpointing(model, policy)
+        activation_checkpointing.enable_checkpointing(model, policy)
     except ValueError as e:
         raise ScionError(f"trainer.checkpointing={policy}: {e}") from None
     return policy if choice != Checkpointing.auto else f"{policy} (auto)"
@@ -210,19 +191,25 @@ class TrainResult:
     run: dict[str, Any]  # the content of run.json
 
 
-def train(config: ScionConfig) -> TrainResult:
-    """Run one fine-tune described by `config`; returns the run directory and the trained model."""
+@dataclass
+class TrainingPlan:
+    """A run that passed preflight: what `run_training` needs, found and checked, nothing written."""
+
+    config: ScionConfig
+    device: str
+    base: BaseModel
+    started: float  # time.time() when preflight began
+    started_at: str  # the same, as ISO 8601 UTC
+    tokenizer: Any = None  # set by load_training_data
+    data: Optional[PreparedData] = None
+    data_done: Optional[float] = None
+
+
+def plan_training(config: ScionConfig) -> TrainingPlan:
+    """Preflight, first part: config values, device, the base's files and LoRA targets (no weights)."""
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-    # ---- Preflight: config, base files, tokenizer, every data row. Nothing written yet.
     check_config(config)
-    if will_evaluate(config):
-        from eval.run import preflight as check_eval
-
-        check_eval(config)
-    elif config.eval.enabled:
-        print("eval: skipped: no held-out split (set data.eval or data.eval_ratio to compare with the base)", flush=True)
     device = pick_device(config)
     base = resolve_base(config.model)
     if base.max_position_embeddings and config.data.max_length > base.max_position_embeddings:
@@ -230,23 +217,39 @@ def train(config: ScionConfig) -> TrainResult:
             f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
         )
     check_target_modules(base, config.peft)
-    if config.publish.repo_id:
-        from publish.run import preflight_publish
+    return TrainingPlan(config=config, device=device, base=base, started=started, started_at=started_at)
 
-        preflight_publish(config.publish, base.hub_id, base.architecture, Path(base.local_dir))
-    tokenizer = load_tokenizer(base, config.model)
-    data = prepare_data(config.data, tokenizer, seed=config.trainer.seed)
-    report_data(data)
-    data_done = time.time()
 
-    # ---- Run directory: locked for this run; the resolved recipe first, run.json last.
+def load_training_data(plan: TrainingPlan) -> None:
+    """Preflight, second part: the tokenizer and every data row, checked, tokenized and reported."""
+    config = plan.config
+    plan.tokenizer = load_tokenizer(plan.base, config.model)
+    plan.data = prepare_data(config.data, plan.tokenizer, seed=config.trainer.seed)
+    report_data(plan.data)
+    plan.data_done = time.time()
+
+
+def run_training(plan: TrainingPlan) -> TrainResult:
+    """Train a planned run: lock its run directory, then load, train and save (run.json last)."""
+    config = plan.config
     run_dir, resume_from = prepare_run_dir(config.trainer.output_dir or default_output_dir(config.recipe_name),
                                            config.trainer.resume)
     lock = RunLock(run_dir)
     try:
-        return _train_in(run_dir, resume_from, config, base, tokenizer, data, device, started, started_at, data_done)
+        return _train_in(run_dir, resume_from, config, plan.base, plan.tokenizer, plan.data, plan.device,
+                         plan.started, plan.started_at, plan.data_done)
     finally:
         lock.release()
+
+
+def train(config: ScionConfig) -> TrainResult:
+    """Run one fine-tune described by `config`; returns the run directory and the trained model.
+
+    Training only: pipeline.run_pipeline adds the evaluation against the base and publishing.
+    """
+    plan = plan_training(config)
+    load_training_data(plan)
+    return run_training(plan)
 
 
 def resume_fingerprint(config: ScionConfig, base: BaseModel, data: PreparedData) -> dict[str, Any]:
@@ -301,7 +304,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     args = sft_args(config, run_dir, device, data.eval is not None)
     train_rows = data.train
     if config.trainer.packing:  # seeded, so a resumed run sees the same rows
-        train_rows = speed.pack_dataset(data.train, config.data.max_length, seed=config.trainer.seed)
+        train_rows = packing.pack_dataset(data.train, config.data.max_length, seed=config.trainer.seed)
     gpu_name = torch.cuda.get_device_name(0) if device == "cuda" else None
     trainer = ScionTrainer(
         model=model,
@@ -314,7 +317,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     )
     trainer.remove_callback(ProgressCallback)
     # tokens/s and MFU into every log (before the progress bar, which shows them)
-    trainer.add_callback(speed.speed_callback(speed.model_flops_per_token(model.config), speed.peak_flops(gpu_name)))
+    trainer.add_callback(throughput.speed_callback(throughput.model_flops_per_token(model.config), throughput.peak_flops(gpu_name)))
     trainer.add_callback(ScionProgress())
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
@@ -334,7 +337,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "train_seconds": round(trained - loaded, 2),
     }
-    metrics.update(speed.run_speed_summary(metrics["tokens_seen"], trained - loaded, model.config, gpu_name))
+    metrics.update(throughput.run_speed_summary(metrics["tokens_seen"], trained - loaded, model.config, gpu_name))
     if data.eval is not None:
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics["eval_loss"] = eval_loss
@@ -370,16 +373,4 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     }
     write_json_atomic(run_dir / RUN_FILE, run)
     print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
-
-    # ---- Evaluate against the base (same split, prompts and decoding), reusing the model in memory.
-    if will_evaluate(config):
-        from eval.run import evaluate_run
-
-        evaluate_run(run_dir, config.eval, model=trainer.model, tokenizer=tokenizer)
-
-    # ---- Publish, when the recipe or command line names a repo (with the eval results in the card).
-    if config.publish.repo_id:
-        from publish.run import publish_run
-
-        publish_run(run_dir, config.publish)
     return TrainResult(run_dir=run_dir, model=trainer.model, tokenizer=tokenizer, run=run)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from train.checkpoints import clean_incomplete, is_complete, latest_complete
 from train.errors import ScionError
 
 ADAPTER_DIR = "adapter"
@@ -34,8 +34,6 @@ def prepare_run_dir(output_dir: str | Path, resume: str) -> tuple[Path, Optional
 
     Returns (run_dir, checkpoint to resume from or None). A finished run is never written over.
     """
-    from train.checkpoints import clean_incomplete, is_complete, latest_complete
-
     path = Path(output_dir).expanduser()
     if (path / RUN_FILE).exists() or (path / ADAPTER_DIR).exists():
         raise ScionError(f"trainer.output_dir: {path} already holds a finished run; choose another output_dir")
@@ -94,29 +92,6 @@ def check_free_space(run_dir: Path, needed_bytes: int) -> None:
     if free < needed_bytes:
         raise ScionError(f"trainer.output_dir: {run_dir} has {free / 2**30:.2f} GiB free, but the checkpoints and "
                          f"adapter need about {needed_bytes / 2**30:.2f} GiB")
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write beside the target, fsync, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:

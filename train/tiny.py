@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from train.arch import ARCHITECTURES
 from train.tokenizer import ENDOFTEXT, IM_END, build_qwen_tokenizer
 
 TINY_PREFIX = "tiny:"
@@ -41,7 +42,7 @@ def scion_cache_dir() -> Path:
 def tiny_config(arch: str, **sizes):
     """A 2-layer config of the given architecture: small enough for CPU tests, real in shape.
     `sizes` overrides dimensions (for full-size stand-ins); derived fields follow them."""
-    from transformers import Qwen2Config, Qwen3Config
+    import transformers
 
     common = dict(
         vocab_size=QWEN_VOCAB_SIZE,
@@ -59,12 +60,11 @@ def tiny_config(arch: str, **sizes):
         pad_token_id=151643,
         dtype="bfloat16",
     )
-    common.update(sizes)
-    if arch == "qwen2":
-        return Qwen2Config(**common)
-    if arch == "qwen3":
-        return Qwen3Config(**{"head_dim": 16, **common})
-    raise ValueError(f"unknown tiny architecture {arch!r}: expected 'qwen2' or 'qwen3'")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    architecture = ARCHITECTURES[arch]
+    config_class = getattr(transformers, architecture.config_class)
+    return config_class(**{**architecture.tiny_config, **common, **sizes})
 
 
 def save_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
@@ -81,7 +81,7 @@ def save_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     # Wider embeddings (tied to lm_head) let a few LoRA steps move the loss, as on a real model.
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, 0.5)
-    tokenizer = build_qwen_tokenizer("qwen3" if arch == "qwen3" else "qwen2_5")
+    tokenizer = build_qwen_tokenizer(arch)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)],
         pad_token_id=tokenizer.pad_token_id,
@@ -151,7 +151,7 @@ def save_standin(hub_id: str, hf_cache: str | Path, commit_sha: str = "0" * 40) 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(snapshot, safe_serialization=True, max_shard_size="2GB")
-    build_qwen_tokenizer("qwen3" if arch == "qwen3" else "qwen2_5").save_pretrained(snapshot)
+    build_qwen_tokenizer(arch).save_pretrained(snapshot)
     (snapshot / "README.md").write_text(TINY_README.format(arch=f"stand-in of {hub_id}"))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit_sha)

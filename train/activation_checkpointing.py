@@ -1,0 +1,139 @@
+"""Activation checkpointing: the policy (none, selective, full, offload), its memory estimate,
+and turning it on for a model.
+
+`auto` (trainer.checkpointing=auto) picks the fastest policy whose estimate fits the GPU memory
+that was free before loading. The per-architecture terms of the estimate live in train/arch/.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Optional
+
+from train.arch import config_value, head_dim, of_config
+from train.arch.qwen2 import ARCHITECTURE as DENSE_QWEN_TERMS
+
+GIB = 2**30
+
+CHECKPOINTING_POLICIES = ("none", "selective", "full", "offload")
+
+
+def activation_bytes_per_token(config, policy: str, lora_dropout: float = 0.0) -> float:
+    """Rough bytes of saved activations per training token in bf16, for each checkpointing policy.
+
+    Without checkpointing a dense Qwen decoder layer keeps about 18 hidden-size and 5 intermediate-size
+    tensors per token (norm inputs/outputs, q/k/v/attention output, gate/up/act/product); each
+    architecture states its own counts (train/arch/), and an unknown one is counted as dense Qwen. Against the H100 probe's
+    peaks without checkpointing (Qwen2.5-0.5B and 3B, Liger kernels on) it is about 10% high, which is
+    the safe side. LoRA dropout keeps a dropped copy of each adapted input (and its mask). Full
+    checkpointing keeps only each layer's input plus one layer being recomputed; selective also keeps
+    the attention output; offload keeps only the layer in flight.
+    """
+    h, i, layers = config_value(config, "hidden_size"), config_value(config, "intermediate_size"), config_value(config, "num_hidden_layers")
+    attn = config_value(config, "num_attention_heads") * head_dim(config)
+    terms = of_config(config) or DENSE_QWEN_TERMS
+    per_layer = 2 * (terms.saved_hidden_tensors * h + terms.saved_intermediate_tensors * i)
+    if lora_dropout > 0:
+        per_layer += 3 * (5 * h + attn + i)  # bf16 copy + bool mask of q,k,v,gate,up inputs, o and down inputs
+    loss = 8 * h  # fp32 gradient of the last hidden state in the fused head
+    if policy == "none":
+        return layers * per_layer + loss
+    if policy == "full":
+        return layers * 2 * h + per_layer + loss
+    if policy == "selective":
+        return layers * (2 * h + 2 * attn) + per_layer + loss
+    if policy == "offload":
+        return per_layer + loss
+    raise ValueError(f"unknown checkpointing policy {policy!r}")
+
+
+def pick_checkpointing(free_bytes: float, model_bytes: float, tokens_per_step: int, config,
+                       lora_dropout: float = 0.0, reserve_bytes: float = 2 * GIB) -> str:
+    """The fastest activation policy whose estimate fits: "none", "selective", "full", else "offload".
+
+    free_bytes: free accelerator memory before loading; model_bytes: weights + LoRA weights, gradients
+    and optimizer state (`training_state_bytes`). reserve_bytes covers the fused loss tiles, the
+    allocator's fragmentation and the CUDA context; 10% of the free memory is held back as well.
+    """
+    budget = 0.9 * free_bytes - model_bytes - reserve_bytes
+    for policy in ("none", "selective", "full"):
+        if activation_bytes_per_token(config, policy, lora_dropout) * tokens_per_step <= budget:
+            return policy
+    return "offload"
+
+
+def auto_checkpointing(model, free_bytes: float, tokens_per_step: int, lora_dropout: float = 0.0) -> str:
+    """`pick_checkpointing` for a PEFT-wrapped model, as train.py's trainer.checkpointing=auto uses it.
+
+    free_bytes: accelerator memory free before the weights were loaded. Offload needs transformers'
+    activation_checkpointing_enable (5.23+); where it is missing, full is the next most frugal.
+    """
+    policy = pick_checkpointing(free_bytes, training_state_bytes(model), tokens_per_step, model.config, lora_dropout)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if policy == "offload" and not hasattr(base, "activation_checkpointing_enable"):
+        policy = "full"
+    return policy
+
+
+def checkpointing_kwargs(policy: str) -> Optional[dict]:
+    """The kwargs for torch.utils.checkpoint under `policy`, or None for "none".
+
+    Always non-reentrant (frozen inputs under LoRA). "selective" saves the attention outputs and
+    recomputes the rest: attention is the costliest thing to recompute at long lengths. TRL's own
+    selective policy does not know torch's varlen op, hence this one.
+    """
+    if policy not in CHECKPOINTING_POLICIES:
+        raise ValueError(f"unknown checkpointing policy {policy!r}; expected one of {CHECKPOINTING_POLICIES}")
+    if policy == "none":
+        return None
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if policy == "selective":
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        kwargs["context_fn"] = partial(create_selective_checkpoint_contexts, _save_attention_policy)
+    return kwargs
+
+
+def enable_checkpointing(model, policy: str) -> None:
+    """Turn on activation checkpointing of `policy` on a model, PEFT-wrapped or not.
+
+    "offload" is full checkpointing whose saved layer inputs wait in pinned host memory
+    (transformers 5.23's activation_checkpointing_enable(offload=True)): it frees layers x tokens x
+    hidden bytes of GPU memory for two copies per layer.
+    """
+    import torch
+
+    kwargs = checkpointing_kwargs(policy)
+    if kwargs is None:
+        return
+    # On a machine without an accelerator the activations live on the host already, and pinning
+    # memory fails there ("no pinned memory allocator"): offload is plain full checkpointing.
+    offload = policy == "offload" and torch.cuda.is_available()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, offload=offload)
+    elif offload:
+        raise ValueError("checkpointing offload needs transformers' activation_checkpointing_enable (5.23+)")
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _save_attention_policy(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    name = str(op)
+    keep = ("scaled_dot_product" in name and "attention" in name) or "varlen_attn" in name or "flash_attn" in name
+    return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def training_state_bytes(model, optimizer_state_per_param: int = 8) -> int:
+    """Bytes of the weights (as stored, 4-bit included) plus gradient and AdamW state of the trainable ones.
+
+    Call it on the PEFT-wrapped model: before wrapping, every weight still requires grad.
+    """
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size()
+        if p.requires_grad:
+            total += p.numel() * (p.element_size() + optimizer_state_per_param)
+    return total

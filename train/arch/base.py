@@ -1,0 +1,53 @@
+"""The Architecture record and what all dense Qwen decoders share (see train/arch/__init__.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# The seven linear projections of every dense Qwen decoder layer.
+DENSE_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Qwen2.5's added tokens in id order from 151643; `True` marks the ones Qwen flags as special.
+QWEN2_5_ADDED_TOKENS = (
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False),
+    ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str  # Scion's name: tiny:<name>, and the key of ARCHITECTURES
+    hf_class: str  # config.json "architectures"[0]
+    config_class: str  # the transformers config class, for tiny models and stand-ins
+    chat_template: str  # the stock template, a file in train/chat_templates/
+    added_tokens: tuple[tuple[str, bool], ...]  # control tokens in id order from 151643: (text, special)
+    lora_targets: tuple[str, ...]  # default peft.target_modules
+    gguf_arch: str  # llama.cpp's architecture name (gguf.MODEL_ARCH_NAMES)
+    gguf_block_tensors: tuple[str, ...]  # per-block GGUF tensors beyond the dense decoder's
+    gguf_explicit_head_dim: bool  # head_dim is not hidden/heads in general: write key/value length
+    liger_patch: Optional[str]  # liger_kernel.transformers function that fuses RMSNorm/RoPE/SwiGLU
+    # Activation memory without checkpointing, per layer and token, counted in bf16 tensors of the
+    # hidden size and of the MLP's intermediate size (train/activation_checkpointing.py).
+    saved_hidden_tensors: int = 18
+    saved_intermediate_tensors: int = 5
+    tiny_config: dict[str, Any] = field(default_factory=dict)  # extra config fields of tiny models
+
+
+def config_value(config, key: str, default=None):
+    """A value from a transformers config or a plain config.json dict."""
+    if isinstance(config, dict):
+        value = config.get(key, default)
+    else:
+        value = getattr(config, key, default)
+    return default if value is None else value
+
+
+def head_dim(config) -> int:
+    return config_value(config, "head_dim") or config_value(config, "hidden_size") // config_value(config, "num_attention_heads")
