@@ -267,13 +267,13 @@ def grad_capture():
     return GradCapture()
 
 
-def sft_run(model_dir, tokenizer, out, rows, *, batch_size, ga, padding_free, packing=False, steps=1, save_steps=None,
+def sft_run(model_dir, tokenizer, out, rows, *, batch_size, ga, padding_free, packed=False, steps=1, save_steps=None,
             resume=None, lr=0.0, attn="sdpa"):
     """One SFTTrainer run configured like train/run.py's sft_args, plus sft_speed_kwargs."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    kwargs = packing.sft_speed_kwargs("cpu", packing=packing, max_length=64) if padding_free else {"max_length": None}
+    kwargs = packing.sft_speed_kwargs("cpu", packing=packed, max_length=64) if padding_free else {"max_length": None}
     args = SFTConfig(
         output_dir=str(out), seed=0, data_seed=0, max_steps=steps, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=ga, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
@@ -310,7 +310,7 @@ def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_pat
         "padded": dict(rows=examples, batch_size=8, ga=1, padding_free=False),
         "padded_ga2": dict(rows=examples, batch_size=4, ga=2, padding_free=False),
         "padding_free_ga2": dict(rows=examples, batch_size=4, ga=2, padding_free=True),
-        "packed_ga": dict(rows=rows, batch_size=1, ga=n_rows, padding_free=True, packing=True,
+        "packed_ga": dict(rows=rows, batch_size=1, ga=n_rows, padding_free=True, packed=True,
                           attn=attention.register_varlen_attention()),
     }
     # The packed run's attention must get the example boundaries from the collator's cu_seq_lens,
@@ -328,7 +328,7 @@ def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_pat
 def test_packed_sft_run_resumes_exactly(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer):
     """2 packed steps straight == 1 step, stop, resume from checkpoint-1 for 1 more (same LoRA weights)."""
     rows = packing.pack_examples(make_examples(seed=3), max_tokens=40)
-    common = dict(rows=rows, batch_size=1, ga=1, padding_free=True, packing=True, steps=2, lr=1e-2)
+    common = dict(rows=rows, batch_size=1, ga=1, padding_free=True, packed=True, steps=2, lr=1e-2)
     straight, _ = sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "straight", **common)
     sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "stopped", **{**common, "steps": 1}, save_steps=1)
     resumed, _ = sft_run(tiny_qwen2_dir, qwen2_5_tokenizer, tmp_path / "stopped", **common,
@@ -381,8 +381,8 @@ def test_sft_speed_kwargs_are_sftconfig_fields():
 
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     for device in ("cpu", "cuda"):
-        for packing in (False, True):
-            kwargs = packing.sft_speed_kwargs(device, packing, 2048)
+        for packed in (False, True):
+            kwargs = packing.sft_speed_kwargs(device, packed, 2048)
             assert set(kwargs) <= fields and kwargs["padding_free"] is True
     assert packing.sft_speed_kwargs("cpu", False, 2048)["max_length"] is None  # TRL refuses padding-free + max_length
     assert packing.sft_speed_kwargs("cpu", True, 2048)["max_length"] == 2048
