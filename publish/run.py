@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
-from publish.card import RELATION, build_card
+from publish.card import RELATION, build_card, card_tags
 from publish.license import License, read_base_license
 from train.config import DerivativeKind, PublishConfig
 from train.errors import ScionError
@@ -137,8 +137,7 @@ def stage(target: Target, run_dir: Path, run: dict, recipe: dict, recipe_text: s
         if target.kind == DerivativeKind.merged:
             copy_allowed(merged, folder, target.kind)
         else:
-            name = target.repo_id.split("/")[-1].removesuffix(SUFFIX[DerivativeKind.gguf])
-            gguf_files = write_gguf(merged, folder, name, cfg.gguf_types, run["base"]["architecture"])
+            gguf_files = write_gguf(merged, folder, target, run["base"]["hub_id"], license, recipe, cfg)
     (folder / RECIPE_FILE).write_text(recipe_text)
     for name, text in license.files.items():
         (folder / name).write_text(text)
@@ -170,14 +169,23 @@ def merged_weights(run_dir: Path, base_dir: Path) -> Path:
     return out
 
 
-def write_gguf(merged: Path, folder: Path, name: str, types: list[str], architecture: str) -> list[str]:
-    from publish.gguf import convert_to_gguf
+def write_gguf(merged: Path, folder: Path, target: Target, base_id: str, license: License, recipe: dict,
+               cfg: PublishConfig) -> list[str]:
+    """One .gguf per cfg.gguf_types, named and licensed like the repo (general.* as llama.cpp writes them)."""
+    from huggingface_hub import constants
 
+    from publish.gguf import convert_to_gguf, hub_metadata, parameter_count
+
+    # The model the files hold: the GGUF repo's name without -GGUF ("me/support-GGUF" holds "me/support").
+    model_id = target.repo_id.removesuffix(SUFFIX[DerivativeKind.gguf])
+    metadata = hub_metadata(target.repo_id, model_id, base_id, license.license, license.license_name, license.license_link,
+                            tags=[*card_tags(target.kind, recipe, list(cfg.tags)), "text-generation"],
+                            total_params=parameter_count(merged), endpoint=constants.ENDPOINT)
     files = []
-    for qtype in types:
-        filename = f"{name}-{qtype.upper()}.gguf"
+    for qtype in cfg.gguf_types:
+        filename = f"{model_id.split('/')[-1]}-{qtype.upper()}.gguf"
         print(f"converting to GGUF {qtype.upper()}", flush=True)
-        convert_to_gguf(merged, folder / filename, qtype=qtype)
+        convert_to_gguf(merged, folder / filename, qtype=qtype, metadata=metadata)
         files.append(filename)
     return files
 
