@@ -377,6 +377,11 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
 
         evaluate_run(run_dir, config.eval, model=trainer.model, tokenizer=tokenizer)
 
+    # ---- The run report, <run>/report.html, with the evaluation when there was one (publish re-renders it).
+    from report.html import write_report
+
+    print(f"report: {write_report(run_dir)}", flush=True)
+
     # ---- Publish, when the recipe or command line names a repo (with the eval results in the card).
     if config.publish.repo_id:
         from publish.run import publish_run
