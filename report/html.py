@@ -339,11 +339,10 @@ a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: un
 .note { color: var(--muted); }
 .warning { color: var(--bad); background: var(--bad-bg); padding: 6px 10px; border-radius: 6px; }
 figure { margin: 0; } figcaption { color: var(--muted); font-size: 12.5px; }
-svg.chart { width: 100%; max-width: 860px; height: auto; display: block; }
+svg.chart { width: 100%; max-width: 980px; height: auto; display: block; }
 svg .grid { stroke: #eef0f3; } svg .frame { fill: none; stroke: #d1d5db; }
 svg .tick, svg .legend { font-size: 11px; fill: #374151; } svg .axis { font-size: 12px; fill: var(--muted); }
 svg .level { stroke-width: 1.6; stroke-dasharray: 5 4; } svg .note { fill: var(--muted); }
-svg .legend-box { fill: #fff; fill-opacity: .9; stroke: var(--line); }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
 thead th { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }

@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-WIDTH, HEIGHT = 720, 320
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 16, 44
+WIDTH, HEIGHT = 860, 320
+LEGEND_WIDTH = 240  # beside the plot, so it never hides a curve
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16 + LEGEND_WIDTH, 16, 44
 
 
 @dataclass
@@ -82,12 +83,11 @@ def line_chart(series: list[Series], x_label: str, y_label: str, title: str) -> 
         parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="{width}" points="{path}"/>')
         if s.style == "points" or len(s.points) == 1:
             parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}"/>' for x, y in s.points]
-    # Legend, top right, one line per series, on a white box so the curves never hide it.
-    parts.append(f'<rect class="legend-box" x="{right - 244}" y="{top + 2}" width="240" height="{17 * len(drawn) + 6}"/>')
+    # Legend, right of the plot, one line per series.
     for i, s in enumerate(drawn):
-        y = top + 14 + i * 17
+        y = top + 14 + i * 18
         dash = ' stroke-dasharray="5 4"' if s.style == "level" else ""
-        parts.append(f'<line x1="{right - 236}" x2="{right - 214}" y1="{y - 4}" y2="{y - 4}" stroke="{escape(s.color)}" '
-                     f'stroke-width="2"{dash}/><text class="legend" x="{right - 208}" y="{y}">{escape(s.label)}</text>')
+        parts.append(f'<line x1="{right + 14}" x2="{right + 36}" y1="{y - 4}" y2="{y - 4}" stroke="{escape(s.color)}" '
+                     f'stroke-width="2"{dash}/><text class="legend" x="{right + 42}" y="{y}">{escape(s.label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
