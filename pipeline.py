@@ -16,6 +16,7 @@ from omegaconf.errors import MissingMandatoryValue
 from eval.run import evaluate_run
 from eval.run import preflight as preflight_eval
 from publish.run import preflight_publish, publish_run
+from report.html import write_report
 from train.config import FILE_RECIPES, ScionConfig, to_scion_config
 from train.errors import Preempted, ScionError
 from train.run import TrainResult, load_training_data, plan_training, run_training
@@ -43,6 +44,9 @@ def run_pipeline(config: ScionConfig) -> TrainResult:
     # ---- Evaluate against the base (same split, prompts and decoding), reusing the model in memory.
     if will_evaluate(config):
         evaluate_run(result.run_dir, config.eval, model=result.model, tokenizer=result.tokenizer)
+
+    # ---- The run report, <run>/report.html, with the evaluation when there was one (publish re-renders it).
+    print(f"report: {write_report(result.run_dir)}", flush=True)
 
     # ---- Publish, when the recipe or command line names a repo (with the eval results in the card).
     if config.publish.repo_id:

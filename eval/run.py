@@ -234,4 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScionError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    from report.html import write_report
+
+    print(f"report: {write_report(run_dir)}", flush=True)
     return 0

@@ -98,6 +98,14 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def card_tags(kind: DerivativeKind, recipe: dict[str, Any], extra_tags: Optional[list[str]] = None) -> list[str]:
+    """The card's tags (also written into GGUF files as general.tags)."""
+    tags = ["scion", "qwen", RELATION[kind]]
+    if kind == DerivativeKind.adapter:
+        tags += ["lora", recipe["peft"]["method"]]
+    return tags + [t for t in dict.fromkeys(extra_tags or []) if t not in tags]
+
+
 def build_card(
     kind: DerivativeKind,
     repo_id: str,
@@ -116,10 +124,7 @@ def build_card(
 
     base = run["base"]
     hub_datasets = sorted({s["source"] for s in run["data"]["sources"] if is_hub_source(s)})
-    tags = ["scion", "qwen", RELATION[kind]]
-    if kind == DerivativeKind.adapter:
-        tags += ["lora", recipe["peft"]["method"]]
-    tags += [t for t in (extra_tags or []) if t not in tags]
+    tags = card_tags(kind, recipe, extra_tags)
     data = ModelCardData(
         base_model=base_id,
         base_model_relation=RELATION[kind],

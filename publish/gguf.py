@@ -13,6 +13,9 @@ Supported:
   * The tokenizer from `tokenizer.json` (byte-level BPE): tokenizer.ggml.model "gpt2", pre "qwen2",
     one token per embedding row ("[PAD{id}]" for unused ids), token types, merges, bos/eos/pad ids,
     add_bos_token false, and the chat template (tokenizer_config.json or chat_template.jinja).
+  * The `general.*` model metadata as llama.cpp's convert_hf_to_gguf.py writes it, through the
+    `gguf` library's own Metadata (see `hub_metadata`): name, basename, size label, license, base
+    model lineage, repo URL, tags and who quantized it.
 
 Not supported (a one-line ValueError): other architectures (Llama, MoE, vision...), `.bin` /
 `.pth` checkpoints, PEFT adapter directories (merge first), RoPE scaling (YaRN etc.), sliding-window
@@ -25,7 +28,9 @@ safetensors headers first), so memory stays near the size of the largest tensor.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 from pathlib import Path
 
@@ -61,26 +66,34 @@ def convert_to_gguf(
     out_path: str | os.PathLike,
     qtype: str = "f16",
     *,
-    name: str | None = None,
+    metadata: gguf.Metadata | None = None,
     quiet: bool = False,
 ) -> Path:
     """Convert the HF Qwen2/Qwen3 model in `model_dir` to a GGUF file at `out_path`; returns the path.
 
-    qtype: "f16" (default), "bf16", "f32" or "q8_0". name: `general.name` (default: the directory
-    name). Raises ValueError for an unsupported architecture, qtype or checkpoint format.
+    qtype: "f16" (default), "bf16", "f32" or "q8_0". metadata: the `general.*` keys (`hub_metadata`
+    builds them for a published repo); without it general.name is the directory name. A missing
+    size label is computed from the parameter count, as llama.cpp does. Raises ValueError for an
+    unsupported architecture, qtype or checkpoint format.
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     if qtype not in QTYPES:
         raise ValueError(f"unsupported GGUF qtype {qtype!r}: expected one of {', '.join(QTYPES)}")
     config, arch = read_config(model_dir)
     plan = plan_tensors(model_dir, config, arch, qtype)
+    metadata = copy.copy(metadata) if metadata is not None else gguf.Metadata(name=model_dir.resolve().name)
+    if metadata.size_label is None:  # llama.cpp's fallback: "494M", "3.1B" from the weights written
+        total = _parameter_count(plan)
+        metadata.size_label = gguf.size_label(total, total, 0, 0)  # dense: every weight is shared
 
     writer_arch = gguf.MODEL_ARCH_NAMES[arch]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")  # same filesystem: atomic rename
     writer = gguf.GGUFWriter(tmp, writer_arch)
     try:
-        add_metadata(writer, config, arch, name or model_dir.resolve().name, QTYPES[qtype][1])
+        writer.add_type(gguf.GGUFType.MODEL)
+        metadata.set_gguf_meta_model(writer)
+        add_metadata(writer, config, arch, QTYPES[qtype][1])
         add_tokenizer(writer, model_dir, config)
         for gguf_name, (_, _, shape, ggml_type) in plan.items():
             writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), _nbytes(shape, ggml_type), raw_dtype=ggml_type)
@@ -95,6 +108,16 @@ def convert_to_gguf(
         tmp.unlink(missing_ok=True)
         raise
     return out_path
+
+
+def parameter_count(model_dir: str | os.PathLike) -> int:
+    """Weights the GGUF of `model_dir` will hold (a tied output matrix once), from the safetensors headers."""
+    config, arch = read_config(Path(model_dir))
+    return _parameter_count(plan_tensors(Path(model_dir), config, arch, "f16"))
+
+
+def _parameter_count(plan: dict) -> int:
+    return sum(math.prod(shape) for _, _, shape, _ in plan.values())
 
 
 def read_config(model_dir: Path) -> tuple[dict, gguf.MODEL_ARCH]:
@@ -193,10 +216,45 @@ def _rope(config: dict) -> dict:
     return config.get("rope_parameters") or config.get("rope_scaling") or {}
 
 
-def add_metadata(writer: gguf.GGUFWriter, config: dict, arch: gguf.MODEL_ARCH, name: str, file_type: int) -> None:
+def hub_metadata(repo_id: str, model_id: str, base_id: str, license: str, license_name: str | None = None,
+                 license_link: str | None = None, tags: list[str] | None = None, total_params: int = 0,
+                 endpoint: str = "https://huggingface.co") -> gguf.Metadata:
+    """The `general.*` metadata of a GGUF published to `repo_id`, named as llama.cpp's converter names it.
+
+    model_id: the model the file holds ("org/Name-0.5B-support", usually the GGUF repo without
+    -GGUF): general.name is its title ("Name 0.5B Support"), and basename, size label, finetune and
+    version are parsed from it by the gguf library's own heuristics (a size label that is far from
+    `total_params` is not taken; convert_to_gguf then counts the weights). base_id: the pretrained
+    base, as general.base_model.0. A relative license_link (the LICENSE shipped in the repo) becomes
+    a URL into the repo, since a .gguf file travels alone. quantized_by: the repo's owner.
+    """
+    Metadata = gguf.Metadata
+    org, name = model_id.split("/", 1) if "/" in model_id else (None, model_id)
+    _, _, basename, finetune, version, size_label = Metadata.get_model_id_components(model_id, total_params)
+    base_org, base_name = base_id.split("/", 1)
+    repo_url = f"{endpoint.rstrip('/')}/{repo_id}"
+    if license_link and "://" not in license_link:
+        license_link = f"{repo_url}/blob/main/{license_link}"
+    return Metadata(
+        name=Metadata.id_to_title(name),
+        organization=Metadata.id_to_title(org) if org else None,
+        basename=basename or name,  # the gguf heuristics give none for a plain name like "support-bot"
+        finetune=finetune,
+        version=version,
+        size_label=size_label,
+        license=license,
+        license_name=license_name if license == "other" else None,
+        license_link=license_link if license == "other" else None,
+        repo_url=repo_url,
+        quantized_by=repo_id.split("/")[0],
+        base_models=[{"name": Metadata.id_to_title(base_name), "organization": Metadata.id_to_title(base_org),
+                      "repo_url": f"{endpoint.rstrip('/')}/{base_id}"}],
+        tags=list(dict.fromkeys(tags or [])),
+    )
+
+
+def add_metadata(writer: gguf.GGUFWriter, config: dict, arch: gguf.MODEL_ARCH, file_type: int) -> None:
     n_heads = config["num_attention_heads"]
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name)
     writer.add_vocab_size(config["vocab_size"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])

@@ -23,15 +23,17 @@ from typing import Any, Optional
 
 import yaml
 
-from publish.card import RELATION, build_card
+from publish.card import RELATION, build_card, card_tags
 from publish.license import License, read_base_license
 from train.config import DerivativeKind, PublishConfig
 from train.errors import ScionError
+from report.html import LINEAGE_FILE, REPORT_FILE, write_report
+from train.files import write_json_atomic
 from train.rundir import ADAPTER_DIR, RECIPE_FILE, load_run
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "added_tokens.json"]
-COMMON_FILES = ["README.md", RECIPE_FILE, "LICENSE", "NOTICE", "eval/results.json", "eval/*.png"]
+COMMON_FILES = ["README.md", RECIPE_FILE, REPORT_FILE, "LICENSE", "NOTICE", "eval/results.json", "eval/*.png"]
 # Everything a repo may receive; anything else (optimizer state, training_args.bin, .env, ...) is refused.
 ALLOWED_FILES = {
     DerivativeKind.adapter: ["adapter_config.json", "adapter_model.safetensors", *TOKENIZER_FILES, *COMMON_FILES],
@@ -137,9 +139,10 @@ def stage(target: Target, run_dir: Path, run: dict, recipe: dict, recipe_text: s
         if target.kind == DerivativeKind.merged:
             copy_allowed(merged, folder, target.kind)
         else:
-            name = target.repo_id.split("/")[-1].removesuffix(SUFFIX[DerivativeKind.gguf])
-            gguf_files = write_gguf(merged, folder, name, cfg.gguf_types, run["base"]["architecture"])
+            gguf_files = write_gguf(merged, folder, target, run["base"]["hub_id"], license, recipe, cfg)
     (folder / RECIPE_FILE).write_text(recipe_text)
+    if (run_dir / REPORT_FILE).is_file():  # rendered with this publish's lineage (publish_run)
+        shutil.copy2(run_dir / REPORT_FILE, folder / REPORT_FILE)
     for name, text in license.files.items():
         (folder / name).write_text(text)
     plots = []
@@ -170,14 +173,31 @@ def merged_weights(run_dir: Path, base_dir: Path) -> Path:
     return out
 
 
-def write_gguf(merged: Path, folder: Path, name: str, types: list[str], architecture: str) -> list[str]:
-    from publish.gguf import convert_to_gguf
+def gguf_model_id(repo_id: str) -> str:
+    """The model a GGUF repo holds: its name without -GGUF ("me/support-GGUF" holds "me/support")."""
+    return repo_id.removesuffix(SUFFIX[DerivativeKind.gguf])
 
+
+def gguf_filename(repo_id: str, qtype: str) -> str:
+    return f"{gguf_model_id(repo_id).split('/')[-1]}-{qtype.upper()}.gguf"
+
+
+def write_gguf(merged: Path, folder: Path, target: Target, base_id: str, license: License, recipe: dict,
+               cfg: PublishConfig) -> list[str]:
+    """One .gguf per cfg.gguf_types, named and licensed like the repo (general.* as llama.cpp writes them)."""
+    from huggingface_hub import constants
+
+    from publish.gguf import convert_to_gguf, hub_metadata, parameter_count
+
+    model_id = gguf_model_id(target.repo_id)
+    metadata = hub_metadata(target.repo_id, model_id, base_id, license.license, license.license_name, license.license_link,
+                            tags=[*card_tags(target.kind, recipe, list(cfg.tags)), "text-generation"],
+                            total_params=parameter_count(merged), endpoint=constants.ENDPOINT)
     files = []
-    for qtype in types:
-        filename = f"{name}-{qtype.upper()}.gguf"
+    for qtype in cfg.gguf_types:
+        filename = gguf_filename(target.repo_id, qtype)
         print(f"converting to GGUF {qtype.upper()}", flush=True)
-        convert_to_gguf(merged, folder / filename, qtype=qtype)
+        convert_to_gguf(merged, folder / filename, qtype=qtype, metadata=metadata)
         files.append(filename)
     return files
 
@@ -219,6 +239,11 @@ def publish_run(run_dir: str | Path, cfg: PublishConfig, base_hub_id: Optional[s
     results_path = run_dir / "eval" / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
 
+    # ---- The report shows the lineage of this publish; each repo gets a copy.
+    lineage = lineage_record(targets, cfg, run, license)
+    write_json_atomic(run_dir / LINEAGE_FILE, lineage)
+    write_report(run_dir)
+
     # ---- Stage every kind, then show the plan.
     staged = [(t, *stage(t, run_dir, run, recipe, recipe_text, license, base_dir, cfg, results)) for t in targets]
     summaries = []
@@ -245,7 +270,33 @@ def publish_run(run_dir: str | Path, cfg: PublishConfig, base_hub_id: Optional[s
         where = result.pr_url or result.commit_url or f"{target.repo_id}@{cfg.revision}"
         print(f"{target.kind.value}: " + (f"published {len(result.uploaded)} files -> {where}" if result.changed
                                           else f"{target.repo_id}@{cfg.revision} is already up to date (no commit)"), flush=True)
+        entry = next(d for d in lineage["derivatives"] if d["kind"] == target.kind.value)
+        entry.update(status="published" if result.changed else "up to date", commit_url=result.pr_url or result.commit_url)
+    # The local report now links each commit (the uploaded copies show the lineage without them).
+    write_json_atomic(run_dir / LINEAGE_FILE, lineage)
+    write_report(run_dir)
     return summaries
+
+
+def lineage_record(targets: list[Target], cfg: PublishConfig, run: dict, license: License) -> dict[str, Any]:
+    """<run>/publish/lineage.json: the base, then each derivative with its relation and license, for the report."""
+    from huggingface_hub import constants
+
+    licensed = {"license": license.license, "license_name": license.license_name, "license_link": license.license_link}
+    status = "planned (dry run)" if cfg.dry_run else "published"
+    return {
+        "dry_run": cfg.dry_run,
+        "revision": cfg.revision,
+        "endpoint": constants.ENDPOINT,
+        "base": {"repo_id": run["base"]["hub_id"], "revision": run["base"].get("commit_sha") or run["base"].get("revision"),
+                 **licensed},
+        "derivatives": [
+            {"kind": t.kind.value, "repo_id": t.repo_id, "base_model": t.base_model, "relation": RELATION[t.kind], **licensed,
+             "files": [gguf_filename(t.repo_id, q) for q in cfg.gguf_types] if t.kind == DerivativeKind.gguf else [],
+             "status": status, "commit_url": None}
+            for t in targets
+        ],
+    }
 
 
 def print_plan(target: Target, cfg: PublishConfig, folder: Path, files, card_meta: dict, license: License) -> None:

@@ -249,10 +249,8 @@ def test_unknown_license_and_unsupported_gguf_arch(trained, tmp_path, tiny_qwen2
         publish_run(run_dir, PublishConfig(repo_id="me/x", kinds=[DerivativeKind.gguf], dry_run=True))
 
 
-def test_qwen_research_license_is_inherited_with_its_files(trained, tmp_path, tiny_qwen2_dir, capsys):
-    """A stand-in for Qwen2.5-3B-Instruct's snapshot: its card's license front matter and a LICENSE file."""
-    from publish.run import publish_run
-
+def qwen_research_run(trained, tmp_path, tiny_qwen2_dir) -> Path:
+    """A run whose base stands in for Qwen2.5-3B-Instruct's snapshot: its card's license front matter and a LICENSE file."""
     base = tmp_path / "models--Qwen--Qwen2.5-3B-Instruct" / "snapshots" / ("b" * 40)
     shutil.copytree(tiny_qwen2_dir, base)
     (base / "README.md").write_text(
@@ -264,6 +262,13 @@ def test_qwen_research_license_is_inherited_with_its_files(trained, tmp_path, ti
     run = json.loads((run_dir / "run.json").read_text())
     run["base"].update(local_dir=str(base), hub_id="Qwen/Qwen2.5-3B-Instruct")
     (run_dir / "run.json").write_text(json.dumps(run))
+    return run_dir
+
+
+def test_qwen_research_license_is_inherited_with_its_files(trained, tmp_path, tiny_qwen2_dir, capsys):
+    from publish.run import publish_run
+
+    run_dir = qwen_research_run(trained, tmp_path, tiny_qwen2_dir)
     publish_run(run_dir, PublishConfig(repo_id="me/q3b", kinds=[DerivativeKind.adapter, DerivativeKind.merged], dry_run=True))
     out = capsys.readouterr().out
     assert '"license_name": "qwen-research"' in out and "merged into the base in its own dtype (bf16" in out
@@ -274,6 +279,52 @@ def test_qwen_research_license_is_inherited_with_its_files(trained, tmp_path, ti
         assert meta["license_link"] == "https://huggingface.co/Qwen/Qwen2.5-3B-Instruct/blob/main/LICENSE"
         assert (folder / "LICENSE").read_text().startswith("Qwen RESEARCH LICENSE AGREEMENT")
         assert "Qwen RESEARCH LICENSE AGREEMENT" in (folder / "NOTICE").read_text()
+
+
+def test_gguf_files_carry_name_lineage_and_license(trained, tmp_path, tiny_qwen2_dir):
+    """general.* keys as llama.cpp's converter writes them, read back with gguf.GGUFReader."""
+    from gguf import Keys
+
+    from publish.run import publish_run
+    from tests.test_gguf import InMemoryGGUFReader
+
+    run_dir = qwen_research_run(trained, tmp_path, tiny_qwen2_dir)
+    publish_run(run_dir, PublishConfig(repo_id="me/Qwen2.5-3B-support", kinds=[DerivativeKind.adapter, DerivativeKind.gguf],
+                                       gguf_types=["f16"], tags=["orders"], dry_run=True))
+    [path] = (run_dir / "publish" / "gguf").glob("*.gguf")
+    assert path.name == "Qwen2.5-3B-support-F16.gguf"
+    reader = InMemoryGGUFReader(path)
+    keys = {name: f.contents() for name, f in reader.fields.items() if name.startswith("general.")}
+    base = Keys.General
+    # The published repo's name, parsed as llama.cpp parses "Qwen2.5-3B-support". "3B" is not taken
+    # as the size: the file holds ~10M weights, so the label is counted from them (as llama.cpp does).
+    from transformers import AutoModelForCausalLM
+
+    n_params = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).num_parameters()  # tied output counted once
+    assert 9_000_000 < n_params < 11_000_000 and keys[base.SIZE_LABEL] == "10M"
+    assert keys[base.NAME] == "Qwen2.5 3B Support" and keys[base.BASENAME] == "Qwen2.5"
+    assert keys[base.ORGANIZATION] == "Me" and keys[base.FINETUNE] == "3b-support"
+    assert keys[base.LICENSE] == "other" and keys[base.LICENSE_NAME] == "qwen-research"
+    assert keys[base.LICENSE_LINK] == "https://huggingface.co/Qwen/Qwen2.5-3B-Instruct/blob/main/LICENSE"
+    assert keys[base.BASE_MODEL_COUNT] == 1
+    assert keys[base.BASE_MODEL_NAME.format(id=0)] == "Qwen2.5 3B Instruct"
+    assert keys[base.BASE_MODEL_ORGANIZATION.format(id=0)] == "Qwen"
+    assert keys[base.BASE_MODEL_REPO_URL.format(id=0)] == "https://huggingface.co/Qwen/Qwen2.5-3B-Instruct"
+    assert keys[base.REPO_URL] == "https://huggingface.co/me/Qwen2.5-3B-support-GGUF"
+    assert keys[base.TAGS] == ["scion", "qwen", "quantized", "orders", "text-generation"]
+    assert keys[base.QUANTIZED_BY] == "me"
+    assert reader.fields[Keys.Tokenizer.CHAT_TEMPLATE].contents() == (tiny_qwen2_dir / "chat_template.jinja").read_text()
+    print("GGUF keys read back:", json.dumps(keys, indent=1))
+
+
+def test_gguf_license_keys_for_a_hub_license_and_a_shipped_license_file():
+    from publish.gguf import hub_metadata
+
+    apache = hub_metadata("me/bot-GGUF", "me/bot", "Qwen/Qwen3-4B", "apache-2.0", None, None)
+    assert (apache.license, apache.license_name, apache.license_link) == ("apache-2.0", None, None)
+    shipped = hub_metadata("me/bot-GGUF", "me/bot", "Qwen/Qwen3-4B", "other", "acme-1", "LICENSE", endpoint="https://hub.example")
+    assert shipped.license_link == "https://hub.example/me/bot-GGUF/blob/main/LICENSE"
+    assert shipped.basename == "bot" and shipped.name == "Bot"  # no size or version in the name: basename is the name
 
 
 def test_publish_py_command_line(hub_server, trained, tmp_path):
