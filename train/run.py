@@ -91,7 +91,8 @@ def pick_device(config: ScionConfig) -> str:
 
 def report_data(data: PreparedData) -> None:
     for split, s in data.stats.items():
-        line = f"data[{split}]: {s.examples} examples, {s.tokens} tokens ({s.trained_tokens} trained) from {s.source}"
+        line = (f"data[{split}]: {s.examples} examples, {s.tokens} tokens ({s.trained_tokens} trained), "
+                f"{s.with_reasoning} with reasoning, from {s.source}")
         if s.truncated or s.dropped_too_long:
             line += f"; {s.truncated} truncated, {s.dropped_too_long} dropped as too long"
         print(line, flush=True)
