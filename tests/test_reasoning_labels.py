@@ -109,3 +109,13 @@ def test_data_report_counts_rows_with_reasoning(tokenizer, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = prepare_data(DataConfig(train=str(path)), tokenizer)
     assert data.stats["train"].with_reasoning == 3
+
+
+def test_eval_scores_the_answer_after_think_and_counts_the_whole_generation():
+    from eval.metrics import generation_metrics
+    from eval.scoring import Generation
+
+    thinking = Generation(text="<think>\nParis is the capital.\n</think>\n\nParis", tokens=12, stopped=True)
+    metrics, rows = generation_metrics([thinking], ["Paris"])
+    assert rows[0]["exact_match"] is True
+    assert metrics["mean_generated_tokens"] == 12
