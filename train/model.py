@@ -43,6 +43,9 @@ class BaseModel:
     commit_sha: Optional[str]  # the exact commit, when known
     architecture: str
     max_position_embeddings: Optional[int]
+    # Set when the base has no chat template of its own (a -Base checkpoint) and the stock template of
+    # its architecture's instruct models is used instead: the template file's name (the card says so).
+    chat_template_from: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +141,16 @@ def load_tokenizer(base: BaseModel, cfg: ModelConfig):
             raise ScionError(f"model.chat_template: file not found: {cfg.chat_template}")
         tokenizer.chat_template = path.read_text()
     if not tokenizer.chat_template:
-        raise ScionError(f"model.name_or_path: the tokenizer in {base.local_dir} has no chat template; set model.chat_template")
+        # A -Base checkpoint (Qwen/Qwen3.5-0.8B-Base, Qwen/Qwen3-4B-Base) ships no template: its instruct
+        # siblings' stock template is the one its fine-tunes will be used with.
+        architecture = by_hf_class(base.architecture)
+        if architecture is None:
+            raise ScionError(f"model.name_or_path: the tokenizer in {base.local_dir} has no chat template; set model.chat_template")
+        from train.tokenizer import read_chat_template
+
+        tokenizer.chat_template = read_chat_template(architecture.name)
+        base.chat_template_from = architecture.chat_template
+        print(f"chat template: the base has none; using the stock {architecture.chat_template} of its instruct models", flush=True)
     vocab = tokenizer.get_vocab()
     if IM_END not in vocab:
         raise ScionError(f"model.name_or_path: the tokenizer has no {IM_END} token; Scion trains ChatML (Qwen) models")
