@@ -1,5 +1,10 @@
 """Generation metrics against the reference answers.
 
+Exact/normalized match, ROUGE-L and chrF compare the answer: the text after the last `</think>` of
+the generation and of the reference (all of it when there is none), so a model evaluated with
+eval.enable_thinking=true is scored on its answer, not its reasoning. Stop rate and length count the
+whole generation.
+
 - exact_match: the stripped generation equals the stripped reference.
 - normalized_match: equal after lowercasing and removing punctuation, articles (a, an, the) and
   extra whitespace (the usual QA normalisation), so "The answer: Paris." matches "paris".
@@ -53,19 +58,24 @@ def corpus_chrf(predictions: list[str], references: list[str]) -> float:
     return CHRF().corpus_score(predictions, [references]).score
 
 
+def answer(text: str) -> str:
+    """The answer of a generation or reference: what follows its last </think> (all of it when none)."""
+    return text.rsplit("</think>", 1)[-1].strip()
+
+
 def per_example(generation: Generation, reference: str, rouge_l: float) -> dict:
-    """The per-example scores kept in samples.jsonl."""
+    """The per-example scores kept in samples.jsonl (on the answer after any reasoning)."""
     return {
-        "exact_match": generation.text.strip() == reference.strip(),
-        "normalized_match": normalize(generation.text) == normalize(reference),
+        "exact_match": answer(generation.text) == answer(reference),
+        "normalized_match": normalize(answer(generation.text)) == normalize(answer(reference)),
         "rouge_l": round(rouge_l, 4),
     }
 
 
 def generation_metrics(generations: list[Generation], references: list[str]) -> tuple[dict[str, float], list[dict]]:
     """Corpus-level metrics and the per-example scores, for one model."""
-    predictions = [g.text.strip() for g in generations]
-    references = [r.strip() for r in references]
+    predictions = [answer(g.text) for g in generations]
+    references = [answer(r) for r in references]
     rouge = rouge_l_scores(predictions, references)
     rows = [per_example(g, ref, r) for g, ref, r in zip(generations, references, rouge)]
     n = max(len(generations), 1)

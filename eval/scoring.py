@@ -121,10 +121,10 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted({i for i in ids if isinstance(i, int) and i >= 0})
 
 
-def render_prompt(tokenizer, prompt: list[dict[str, str]]) -> str:
-    # enable_thinking=False gives Qwen3's empty think block, as training renders the last turn;
-    # Qwen2.5's template ignores the flag.
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+def render_prompt(tokenizer, prompt: list[dict[str, str]], enable_thinking: bool = False) -> str:
+    # enable_thinking=False gives Qwen3's empty think block, as training renders a row without
+    # reasoning; Qwen2.5's and Qwen3-2507's templates ignore the flag.
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking)
 
 
 def decoding_config(cfg: EvalConfig, tokenizer):
@@ -162,7 +162,7 @@ def decoding_settings(cfg: EvalConfig, tokenizer) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "padding_side": "left",
         "stop_token_ids": stop_token_ids(tokenizer),
-        "chat_template": "tokenizer's own, add_generation_prompt=True, enable_thinking=False",
+        "chat_template": f"tokenizer's own, add_generation_prompt=True, enable_thinking={cfg.enable_thinking}",
     }
 
 
@@ -180,7 +180,8 @@ def generate_all(model, tokenizer, prompts: list[list[dict[str, str]]], cfg: Eva
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [tokenizer(render_prompt(tokenizer, p, cfg.enable_thinking), add_special_tokens=False)["input_ids"]
+               for p in prompts]
     config = decoding_config(cfg, tokenizer)
     stops = set(config.eos_token_id)
     device = next(model.parameters()).device

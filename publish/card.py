@@ -171,6 +171,10 @@ def build_card(
     if kind != DerivativeKind.adapter and base.get("hub_id") and base["hub_id"] != base_id:
         made_from = f"It was made from the base [{base['hub_id']}](https://huggingface.co/{base['hub_id']}) at revision `{revision}`.\n"
     notice = "\nThis repository includes the base's LICENSE and NOTICE files, as its license requires.\n" if license.files else ""
+    template_note = ""
+    if base.get("chat_template_from"):  # a -Base checkpoint without a template of its own
+        template_note = (f"\n- Chat template: the base has none; trained and shipped with the stock template of its "
+                         f"instruct models (`{base['chat_template_from']}`)")
     body = f"""
 # {repo_id.split('/')[-1]}
 
@@ -178,7 +182,7 @@ This is {WHAT[kind]} [{base_id}](https://huggingface.co/{base_id}), trained with
 {made_from}
 - Base model: `{base.get('hub_id')}` at revision `{revision}`
 - Relation: `{RELATION[kind]}`
-- License: `{license.license_name or license.license}`, inherited from the base{notice}
+- License: `{license.license_name or license.license}`, inherited from the base{notice}{template_note}
 
 ## Usage
 

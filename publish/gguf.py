@@ -5,7 +5,11 @@ A small, self-contained converter for exactly the architectures Scion fine-tunes
 
 Supported:
   * `Qwen2ForCausalLM` (Qwen2 / Qwen2.5: q/k/v biases) -> GGUF architecture "qwen2";
-    `Qwen3ForCausalLM` (Qwen3 dense: q_norm / k_norm, explicit head_dim) -> "qwen3".
+    `Qwen3ForCausalLM` (Qwen3 dense: q_norm / k_norm, explicit head_dim) -> "qwen3";
+    `Qwen3_5ForConditionalGeneration` (Qwen3.5: its text model only) -> "qwen35": Gated DeltaNet
+    blocks (attn_qkv, attn_gate, ssm_*) and gated full-attention blocks, per `layer_types`, with the
+    conversions llama.cpp's qwen35 expects (see _qwen35_tensor). The vision tower and MTP weights are
+    not part of this file (llama.cpp keeps vision in a separate mmproj file).
   * Weights from `*.safetensors` (one file or shards); tied or untied embeddings. When tied, only
     `token_embd.weight` is written and llama.cpp reuses it as the output projection.
   * Output types "f32", "f16", "bf16" and "q8_0". Norms and biases (1-D tensors) always stay F32, as
@@ -94,13 +98,14 @@ def convert_to_gguf(
         writer.add_type(gguf.GGUFType.MODEL)
         metadata.set_gguf_meta_model(writer)
         add_metadata(writer, config, arch, QTYPES[qtype][1])
+        add_arch_metadata(writer, config, arch)
         add_tokenizer(writer, model_dir, config)
         for gguf_name, (_, _, shape, ggml_type) in plan.items():
             writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), _nbytes(shape, ggml_type), raw_dtype=ggml_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        _write_tensor_data(writer, plan, quiet)
+        _write_tensor_data(writer, plan, quiet, arch)
         writer.close()
         os.replace(tmp, out_path)
     except BaseException:
@@ -134,6 +139,8 @@ def read_config(model_dir: Path) -> tuple[dict, gguf.MODEL_ARCH]:
             f"only {' and '.join(SUPPORTED_ARCHITECTURES)}"
         )
     arch = SUPPORTED_ARCHITECTURES[archs[0]]
+    if isinstance(config.get("text_config"), dict):  # image-text-to-text: the GGUF is its text model
+        config = {**config["text_config"], "architectures": archs}
     rope_type = _rope(config).get("rope_type") or _rope(config).get("type") or "default"
     if rope_type != "default":
         raise ValueError(f"GGUF conversion of {archs[0]} does not support RoPE scaling {rope_type!r}")
@@ -156,6 +163,7 @@ def plan_tensors(model_dir: Path, config: dict, arch: gguf.MODEL_ARCH, qtype: st
     n_layers = config["num_hidden_layers"]
     tied = config.get("tie_word_embeddings", False)
     name_map = gguf.TensorNameMap(arch, n_layers)
+    prefix = by_hf_class(config["architectures"][0]).language_model_prefix
     plan = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
@@ -164,15 +172,22 @@ def plan_tensors(model_dir: Path, config: dict, arch: gguf.MODEL_ARCH, qtype: st
                     continue
                 if hf_name == "lm_head.weight" and tied:  # llama.cpp falls back to token_embd
                     continue
-                gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                lookup = hf_name
+                if prefix:  # the text model of a bigger checkpoint: skip the rest (vision, MTP)
+                    if not hf_name.startswith(prefix) and hf_name != "lm_head.weight":
+                        continue
+                    lookup = _QWEN35_RENAMES(hf_name.replace(prefix, "model.", 1))
+                gguf_name = name_map.get_name(lookup, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
                     raise ValueError(f"cannot map tensor {hf_name!r} of {file.name} to a GGUF {arch.name.lower()} tensor")
                 shape = tuple(f.get_slice(hf_name).get_shape())
+                if gguf_name.endswith("ssm_conv1d.weight"):  # [channels, 1, width] -> [channels, width]
+                    shape = (shape[0], shape[-1])
                 plan[gguf_name] = (file, hf_name, shape, _tensor_type(shape, qtype))
 
     expected = {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} if not tied else set())
     for bid in range(n_layers):
-        expected |= {f"blk.{bid}.{t}" for t in _BLOCK_TENSORS + _ARCH_BLOCK_TENSORS[arch]}
+        expected |= {f"blk.{bid}.{t}" for t in _block_tensors(config, arch, bid)}
     if missing := sorted(expected - plan.keys()):
         raise ValueError(f"{model_dir} lacks {len(missing)} tensors a {arch.name.lower()} GGUF needs, e.g. {missing[0]}")
     if unexpected := sorted(plan.keys() - expected):
@@ -182,6 +197,44 @@ def plan_tensors(model_dir: Path, config: dict, arch: gguf.MODEL_ARCH, qtype: st
         parts = name.split(".")
         return (1, int(parts[1]), name) if parts[0] == "blk" else (0 if name.startswith("token_embd") else 2, 0, name)
     return {k: plan[k] for k in sorted(plan, key=order)}
+
+
+# Qwen3.5 (llama.cpp's qwen35): which tensors each kind of block has.
+_QWEN35_COMMON = ["attn_norm.weight", "post_attention_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"]
+_QWEN35_FULL_ATTENTION = ["attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                          "attn_q_norm.weight", "attn_k_norm.weight"]
+_QWEN35_LINEAR_ATTENTION = ["attn_qkv.weight", "attn_gate.weight", "ssm_a", "ssm_conv1d.weight", "ssm_dt.bias",
+                            "ssm_norm.weight", "ssm_beta.weight", "ssm_alpha.weight", "ssm_out.weight"]
+
+
+def _QWEN35_RENAMES(name: str) -> str:
+    """HF names gguf's TensorNameMap knows under another name: `dt_bias` is the dt projection's bias."""
+    return name.replace(".linear_attn.dt_bias", ".linear_attn.dt_proj.bias")
+
+
+def _block_tensors(config: dict, arch: gguf.MODEL_ARCH, bid: int) -> list[str]:
+    if arch == gguf.MODEL_ARCH.QWEN35:
+        kind = config["layer_types"][bid]
+        return _QWEN35_COMMON + (_QWEN35_FULL_ATTENTION if kind == "full_attention" else _QWEN35_LINEAR_ATTENTION)
+    return _BLOCK_TENSORS + _ARCH_BLOCK_TENSORS[arch]
+
+
+def _qwen35_tensor(gguf_name: str, data: np.ndarray) -> np.ndarray:
+    """A Qwen3.5 tensor as llama.cpp's qwen35 stores it (the conversions of its own converter).
+
+    - `ssm_a` holds A = -exp(A_log), not A_log;
+    - the RMSNorms of the decoder (attn/post-attention/output norms, q_norm, k_norm) scale by
+      (1 + weight) in transformers; llama.cpp multiplies by the weight, so 1 is added. The gated
+      norm of the DeltaNet output (`ssm_norm`) already multiplies by its weight and is kept;
+    - the depthwise conv1d weight [channels, 1, width] becomes [channels, width].
+    """
+    if gguf_name.endswith("ssm_a"):
+        return -np.exp(data)
+    if gguf_name.endswith("norm.weight") and not gguf_name.endswith("ssm_norm.weight"):
+        return data + 1.0
+    if gguf_name.endswith("ssm_conv1d.weight"):
+        return data.reshape(data.shape[0], data.shape[-1])
+    return data
 
 
 def _tensor_type(shape: tuple[int, ...], qtype: str) -> QT:
@@ -198,16 +251,18 @@ def _nbytes(shape: tuple[int, ...], ggml_type: QT) -> int:
     return int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block_size) * type_size
 
 
-def _write_tensor_data(writer: gguf.GGUFWriter, plan: dict, quiet: bool) -> None:
+def _write_tensor_data(writer: gguf.GGUFWriter, plan: dict, quiet: bool, arch: gguf.MODEL_ARCH = None) -> None:
     import torch
     from safetensors import safe_open
     from tqdm.auto import tqdm
 
     handles = {}  # one open safetensors file per shard
-    for file, hf_name, _, ggml_type in tqdm(plan.values(), desc="Writing GGUF", unit="tensor", disable=quiet):
+    for gguf_name, (file, hf_name, _, ggml_type) in tqdm(plan.items(), desc="Writing GGUF", unit="tensor", disable=quiet):
         if file not in handles:
             handles[file] = safe_open(file, framework="pt")
         data = handles[file].get_tensor(hf_name).to(torch.float32).numpy()
+        if arch == gguf.MODEL_ARCH.QWEN35:
+            data = _qwen35_tensor(gguf_name, data)
         writer.write_tensor_data(gguf.quants.quantize(data, ggml_type))
 
 
@@ -272,6 +327,26 @@ def add_metadata(writer: gguf.GGUFWriter, config: dict, arch: gguf.MODEL_ARCH, f
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
+def add_arch_metadata(writer: gguf.GGUFWriter, config: dict, arch: gguf.MODEL_ARCH) -> None:
+    """The keys only some architectures have. Qwen3.5: the DeltaNet sizes, the layer schedule and the
+    partial, sectioned (M-)RoPE, named as llama.cpp's qwen35 reads them."""
+    if arch != gguf.MODEL_ARCH.QWEN35:
+        return
+    rope = _rope(config)
+    head_dim = config["head_dim"]
+    writer.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", 1.0)))
+    sections = list(rope.get("mrope_section") or [])
+    writer.add_rope_dimension_sections(sections + [0] * (4 - len(sections)))
+    writer.add_ssm_conv_kernel(config["linear_conv_kernel_dim"])
+    writer.add_ssm_state_size(config["linear_key_head_dim"])
+    writer.add_ssm_group_count(config["linear_num_key_heads"])
+    writer.add_ssm_time_step_rank(config["linear_num_value_heads"])
+    writer.add_ssm_inner_size(config["linear_value_head_dim"] * config["linear_num_value_heads"])
+    layer_types = config["layer_types"]
+    interval = layer_types.index("full_attention") + 1 if "full_attention" in layer_types else len(layer_types)
+    writer.add_full_attention_interval(interval)
+
+
 def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: dict) -> None:
     """The byte-level BPE vocabulary of tokenizer.json, padded to the embedding's vocab_size."""
     tokenizer_file = model_dir / "tokenizer.json"
@@ -303,7 +378,8 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: dict) -> Non
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
 
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
+    # llama.cpp's pre-tokenizer: Qwen3.5's split pattern (letters with combining marks) is "qwen35".
+    writer.add_tokenizer_pre("qwen35" if by_hf_class(config["architectures"][0]).gguf_arch == "qwen35" else "qwen2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)

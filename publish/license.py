@@ -21,6 +21,9 @@ KNOWN_QWEN_LICENSES = {
     "Qwen/Qwen2.5-3B-Instruct": ("other", "qwen-research", "https://huggingface.co/Qwen/Qwen2.5-3B-Instruct/blob/main/LICENSE"),
     "Qwen/Qwen3-1.7B": ("apache-2.0", None, None),
     "Qwen/Qwen3-4B": ("apache-2.0", None, None),
+    "Qwen/Qwen3-4B-Instruct-2507": ("apache-2.0", None, None),
+    "Qwen/Qwen3-4B-Thinking-2507": ("apache-2.0", None, None),
+    **{f"Qwen/Qwen3.5-{size}{kind}": ("apache-2.0", None, None) for size in ("0.8B", "2B", "4B") for kind in ("", "-Base")},
 }
 QWEN_RESEARCH_NOTICE = (
     "Qwen is licensed under the Qwen RESEARCH LICENSE AGREEMENT, Copyright (c) Alibaba Cloud. All Rights Reserved.\n"

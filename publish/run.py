@@ -38,7 +38,9 @@ COMMON_FILES = ["README.md", RECIPE_FILE, REPORT_FILE, "LICENSE", "NOTICE", "eva
 ALLOWED_FILES = {
     DerivativeKind.adapter: ["adapter_config.json", "adapter_model.safetensors", *TOKENIZER_FILES, *COMMON_FILES],
     DerivativeKind.merged: ["config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-                            "model.safetensors.index.json", *TOKENIZER_FILES, *COMMON_FILES],
+                            "model.safetensors.index.json", *TOKENIZER_FILES, *COMMON_FILES,
+                            # an image-text-to-text base (Qwen3.5): its processor files, carried over
+                            "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json"],
     DerivativeKind.gguf: ["*.gguf", *COMMON_FILES],
 }
 SUFFIX = {DerivativeKind.merged: "-merged", DerivativeKind.gguf: "-GGUF"}

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
 from tests.conftest import REPO_ROOT, run_script
+from train.arch import qwen3_5
 from train.config import ALL_LINEAR, PeftMethod, ScionConfig, compose_config, list_recipes, register_configs, to_scion_config
 
 EXPECTED_RECIPES = {
@@ -18,6 +19,11 @@ EXPECTED_RECIPES = {
     "qwen3b_qlora": ("Qwen/Qwen2.5-3B-Instruct", PeftMethod.qlora),
     "qwen3_1.7b_lora": ("Qwen/Qwen3-1.7B", PeftMethod.lora),
     "qwen3_4b_qlora": ("Qwen/Qwen3-4B", PeftMethod.qlora),
+    "qwen3_4b_2507_lora": ("Qwen/Qwen3-4B-Instruct-2507", PeftMethod.lora),
+    "qwen3_4b_thinking_lora": ("Qwen/Qwen3-4B-Thinking-2507", PeftMethod.lora),
+    "qwen3.5_0.8b_lora": ("Qwen/Qwen3.5-0.8B", PeftMethod.lora),
+    "qwen3.5_2b_lora": ("Qwen/Qwen3.5-2B", PeftMethod.lora),
+    "qwen3.5_4b_qlora": ("Qwen/Qwen3.5-4B", PeftMethod.qlora),
 }
 
 
@@ -37,7 +43,9 @@ def test_every_recipe_composes_and_validates(recipe):
     model_id, method = EXPECTED_RECIPES[recipe]
     assert config.model.name_or_path == model_id
     assert config.peft.method == method
-    assert config.peft.target_modules == ALL_LINEAR
+    # Qwen3.5: every linear projection of both layer kinds (train/arch/qwen3_5.py), never the vision tower.
+    expected_targets = list(qwen3_5.LORA_TARGETS) if recipe.startswith("qwen3.5") else ALL_LINEAR
+    assert config.peft.target_modules == expected_targets
     assert config.trainer.lr_scheduler == "cosine" and config.trainer.warmup_ratio > 0
     assert config.model.trust_remote_code is False
     if recipe != "quickstart":

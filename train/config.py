@@ -172,6 +172,9 @@ class EvalConfig:
     seed: int = 0
     # Side-by-side generations kept in results and printed.
     num_samples: int = 5
+    # The template's thinking switch for the eval prompts (Qwen3, Qwen3.5). Exact match, ROUGE-L and
+    # chrF then score the answer after the last </think>; stop rate and length count the whole generation.
+    enable_thinking: bool = False
     harness: HarnessConfig = field(default_factory=HarnessConfig)
 
 

@@ -12,10 +12,15 @@ Labels: the conversation is rendered with the tokenizer's own chat template (Qwe
 every assistant block `<|im_start|>assistant\\n ... <|im_end|>` is located in the rendered text and
 the tokens inside it (the content and its <|im_end|>) are trained; everything else is -100. This
 works with Qwen's stock templates, which carry no `{% generation %}` markers, so we do not rely on
-`return_assistant_tokens_mask` (it silently masks nothing there; see pitfalls.md #3). The empty
-`<think>\\n\\n</think>\\n\\n` block Qwen3's template puts before the last answer is treated as
-prompt: it is what Qwen3's generation prompt holds with enable_thinking=False, so training and
-inference see the same context.
+`return_assistant_tokens_mask` (it silently masks nothing there; see pitfalls.md #3).
+
+Reasoning: an assistant turn's reasoning, given as `reasoning_content` or as `<think>...</think>` at
+the start of its content, is passed to the template, which renders it its own way (Qwen3 and Qwen3.5
+keep it for the turns after the last user query and drop it from earlier ones). The start of an
+assistant block that the template's own generation prompt already holds at inference is prompt,
+not loss: Qwen3's empty `<think>\\n\\n</think>\\n\\n` (enable_thinking=False), the `<think>\\n` that
+Qwen3.5's and Qwen3-Thinking-2507's generation prompt opens. So the reasoning and the answer are
+trained exactly as the model produces them after the generation prompt.
 
 Policies:
 - Control-token text (e.g. "<|im_end|>") inside any message content is rejected: it would tokenize
@@ -42,8 +47,12 @@ LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 MAX_SHOWN = 3  # offending rows quoted in an error or warning
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-# One assistant block in ChatML; group 1 is what gets trained (content + <|im_end|>).
-ASSISTANT_BLOCK = re.compile(r"<\|im_start\|>assistant\n(?:<think>\n\n</think>\n\n)?(.*?<\|im_end\|>)", re.DOTALL)
+# One assistant block in ChatML; group 1 is what gets trained (content + <|im_end|>), less the part of
+# it the generation prompt holds (see generation_prompt_heads).
+ASSISTANT_BLOCK = re.compile(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>)", re.DOTALL)
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+# Qwen3's empty think block: the generation prompt with enable_thinking=False.
+EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
 @dataclass
@@ -63,6 +72,7 @@ class SplitStats:
     trained_tokens: int = 0
     duplicates: int = 0
     duplicate_examples: list[str] = field(default_factory=list)
+    with_reasoning: int = 0  # examples with an assistant turn that carries reasoning
 
 
 @dataclass
@@ -227,7 +237,11 @@ def to_messages(row: Row, fmt: DataFormat) -> list[dict[str, str]]:
             role, content = message_role_and_content(msg)
             if role not in ROLES:
                 raise ScionError(f"{row.where}: message {i} has unknown role {role!r}; expected one of {sorted(ROLES)}")
-            messages.append({"role": role, "content": content_text(content, i, row.where)})
+            message = {"role": role, "content": content_text(content, i, row.where)}
+            reasoning = msg.get("reasoning_content")
+            if role == "assistant" and reasoning is not None:  # rendered by the template (module doc)
+                message["reasoning_content"] = _text(reasoning, f"message {i} reasoning_content", row.where)
+            messages.append(message)
     elif fmt == DataFormat.prompt_completion:
         prompt, completion = data.get("prompt"), data.get("completion")
         messages = [
@@ -274,13 +288,43 @@ def render_conversation(messages, tokenizer, controls, where: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-def assistant_labels(text: str, input_ids: list[int], offsets, assistant_turns: int, where: str) -> list[int]:
+def has_reasoning(message: dict) -> bool:
+    """Whether an assistant message carries reasoning (reasoning_content, or <think>...</think> content)."""
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning.strip():
+        return True
+    content = message.get("content") or ""
+    return "</think>" in content and bool(content.split("</think>")[0].replace("<think>", "").strip())
+
+
+def generation_prompt_heads(tokenizer) -> tuple[str, ...]:
+    """What the template's generation prompt puts after `<|im_start|>assistant\\n`, with thinking on and
+    off (longest first): the start of an assistant block that is prompt, not loss, at inference."""
+    probe = [{"role": "user", "content": "x"}]
+    plain = tokenizer.apply_chat_template(probe, tokenize=False)
+    heads = set()
+    for thinking in (True, False):
+        prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+        tail = prompt[len(plain):] if prompt.startswith(plain) else ""
+        if tail.startswith(ASSISTANT_HEADER):
+            heads.add(tail[len(ASSISTANT_HEADER):])
+    return tuple(sorted(heads, key=len, reverse=True))
+
+
+def assistant_labels(text: str, input_ids: list[int], offsets, assistant_turns: int, where: str,
+                     prompt_heads: tuple[str, ...] = (EMPTY_THINK,)) -> list[int]:
     """Labels that train exactly the tokens lying inside an assistant block of `text`, -100 elsewhere.
 
-    Token character offsets are non-decreasing (byte-level BPE may give the pieces of one character
-    the same span), so the tokens inside a block are one slice, found by bisection.
+    A block that starts with one of `prompt_heads` (what the generation prompt holds; the longest that
+    fits) has that start left as prompt. Token character offsets are non-decreasing (byte-level BPE may
+    give the pieces of one character the same span), so the tokens inside a block are one slice, found
+    by bisection.
     """
-    spans = [match.span(1) for match in ASSISTANT_BLOCK.finditer(text)]
+    spans = []
+    for match in ASSISTANT_BLOCK.finditer(text):
+        start, end = match.span(1)
+        head = next((h for h in prompt_heads if h and text.startswith(h, start)), "")
+        spans.append((start + len(head), end))
     if len(spans) != assistant_turns:
         raise ScionError(
             f"{where}: the chat template rendered {len(spans)} ChatML assistant blocks for {assistant_turns} assistant "
@@ -301,6 +345,7 @@ def tokenize_conversations(conversations, tokenizer, assistant_only_loss: bool, 
     All texts go to the fast tokenizer in one batch call, which spreads them over the CPU cores.
     """
     controls = control_tokens(tokenizer) if controls is None else controls
+    heads = generation_prompt_heads(tokenizer) if assistant_only_loss else ()
     results: list = [None] * len(conversations)
     texts, positions = [], []
     for i, (messages, where) in enumerate(zip(conversations, wheres)):
@@ -319,7 +364,8 @@ def tokenize_conversations(conversations, tokenizer, assistant_only_loss: bool, 
             continue
         turns = sum(m["role"] == "assistant" for m in conversations[i])
         try:
-            results[i] = (input_ids, assistant_labels(texts[n], input_ids, encoding["offset_mapping"][n], turns, wheres[i]))
+            results[i] = (input_ids, assistant_labels(texts[n], input_ids, encoding["offset_mapping"][n], turns, wheres[i],
+                                                      heads))
         except ScionError as e:
             results[i] = e
     return results
@@ -401,6 +447,7 @@ def _fit_example(row, messages, input_ids, labels, cfg: DataConfig, stats: Split
         )
         return None
     stats.examples += 1
+    stats.with_reasoning += any(m["role"] == "assistant" and has_reasoning(m) for m in messages)
     stats.tokens += len(input_ids)
     stats.trained_tokens += trained
     return {"input_ids": input_ids, "labels": labels}

@@ -5,7 +5,11 @@
   tokenizer files only, never pickles. With HF_HUB_OFFLINE=1 the local HF cache is used.
 - a local directory; a snapshot inside the HF cache (.../models--Org--Name/snapshots/<sha>) is
   recognised, so its Hub id and commit are known for lineage without `model.hub_id`.
-- tiny:qwen2 / tiny:qwen3, a random model built locally (train/tiny.py).
+- tiny:qwen2 / tiny:qwen3 / tiny:qwen3_5, a random model built locally (train/tiny.py).
+
+Qwen3.5 checkpoints are image-text-to-text (Qwen3_5ForConditionalGeneration). Training loads only
+their language model: AutoModelForCausalLM maps them to Qwen3_5ForCausalLM with the text config and
+skips the vision tower and multi-token-prediction weights, so those never sit in GPU memory.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from train.arch import SUPPORTED_HF_CLASSES
+from train.arch import SUPPORTED_HF_CLASSES, by_hf_class
+from train.arch.base import DENSE_LORA_TARGETS
 from train.config import ModelConfig, PeftConfig, PeftMethod, Precision
 from train.errors import ScionError
 from train.tiny import TINY_PREFIX, ensure_tiny_model
@@ -38,6 +43,9 @@ class BaseModel:
     commit_sha: Optional[str]  # the exact commit, when known
     architecture: str
     max_position_embeddings: Optional[int]
+    # Set when the base has no chat template of its own (a -Base checkpoint) and the stock template of
+    # its architecture's instruct models is used instead: the template file's name (the card says so).
+    chat_template_from: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +107,7 @@ def resolve_base(cfg: ModelConfig) -> BaseModel:
         revision=cfg.revision,
         commit_sha=commit_sha,
         architecture=architecture,
-        max_position_embeddings=config.get("max_position_embeddings"),
+        max_position_embeddings=(config.get("text_config") or config).get("max_position_embeddings"),
     )
 
 
@@ -133,7 +141,16 @@ def load_tokenizer(base: BaseModel, cfg: ModelConfig):
             raise ScionError(f"model.chat_template: file not found: {cfg.chat_template}")
         tokenizer.chat_template = path.read_text()
     if not tokenizer.chat_template:
-        raise ScionError(f"model.name_or_path: the tokenizer in {base.local_dir} has no chat template; set model.chat_template")
+        # A -Base checkpoint (Qwen/Qwen3.5-0.8B-Base, Qwen/Qwen3-4B-Base) ships no template: its instruct
+        # siblings' stock template is the one its fine-tunes will be used with.
+        architecture = by_hf_class(base.architecture)
+        if architecture is None:
+            raise ScionError(f"model.name_or_path: the tokenizer in {base.local_dir} has no chat template; set model.chat_template")
+        from train.tokenizer import read_chat_template
+
+        tokenizer.chat_template = read_chat_template(architecture.name)
+        base.chat_template_from = architecture.chat_template
+        print(f"chat template: the base has none; using the stock {architecture.chat_template} of its instruct models", flush=True)
     vocab = tokenizer.get_vocab()
     if IM_END not in vocab:
         raise ScionError(f"model.name_or_path: the tokenizer has no {IM_END} token; Scion trains ChatML (Qwen) models")
@@ -161,7 +178,7 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
     import torch
     from transformers import AutoModelForCausalLM
 
-    from train import attention, kernels
+    from train import attention, deltanet, kernels
 
     attention.register_varlen_attention()  # lets a recipe name "scion_varlen" too
     dtype = torch.bfloat16 if peft.method == PeftMethod.qlora else torch_dtype(precision)
@@ -185,7 +202,22 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base.local_dir, **kwargs)
     kernels.apply_fused_layer_kernels(model, device)  # Liger's RMSNorm/RoPE/SwiGLU on CUDA, when installed
+    # Gated DeltaNet layers (Qwen3.5) restart their state at example boundaries in packed rows.
+    model.scion_packing_unsafe = deltanet.keep_examples_apart(model)
     return model
+
+
+def default_lora_targets(base: BaseModel, peft: PeftConfig) -> list[str]:
+    """peft.target_modules, or the architecture's own default where the recipe kept the dense seven.
+
+    The seven dense names would silently adapt only a quarter of a Qwen3.5 model (its full-attention
+    layers and MLPs), so a Qwen3.5 base left at the schema default gets every linear projection of
+    both layer kinds (train/arch/qwen3_5.py). A list the recipe names differently is used as given.
+    """
+    architecture = by_hf_class(base.architecture)
+    if architecture is not None and list(peft.target_modules) == list(DENSE_LORA_TARGETS):
+        return list(architecture.lora_targets)
+    return list(peft.target_modules)
 
 
 def check_target_modules(base: BaseModel, peft: PeftConfig) -> None:
@@ -194,23 +226,25 @@ def check_target_modules(base: BaseModel, peft: PeftConfig) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(base.local_dir)
+    config = getattr(config, "text_config", config)  # an image-text-to-text checkpoint trains its text model
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in skeleton.named_modules()}
-    missing = [t for t in peft.target_modules if t not in leaf_names]
+    missing = [t for t in default_lora_targets(base, peft) if t not in leaf_names]
     if missing:
         raise ScionError(f"peft.target_modules: the model has no module named {missing}")
 
 
-def add_adapter(model, peft: PeftConfig):
-    """Wrap the model with a LoRA/DoRA adapter on `peft.target_modules` (checkpointing: train/activation_checkpointing.py)."""
+def add_adapter(model, peft: PeftConfig, target_modules: Optional[list[str]] = None):
+    """Wrap the model with a LoRA/DoRA adapter on `target_modules` (default: peft.target_modules;
+    checkpointing: train/activation_checkpointing.py)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=peft.r,
         lora_alpha=peft.alpha,
         lora_dropout=peft.dropout,
-        target_modules=list(peft.target_modules),
+        target_modules=list(target_modules or peft.target_modules),
         use_dora=peft.method == PeftMethod.dora,
         bias="none",
         task_type="CAUSAL_LM",

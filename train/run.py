@@ -32,7 +32,8 @@ from train import activation_checkpointing, packing, throughput
 from train.config import Checkpointing, PeftMethod, Precision, ScionConfig
 from train.data import PreparedData, prepare_data
 from train.errors import Preempted, ScionError
-from train.model import BaseModel, add_adapter, check_target_modules, load_model, load_tokenizer, resolve_base
+from train.model import (BaseModel, add_adapter, check_target_modules, default_lora_targets, load_model, load_tokenizer,
+                         resolve_base)
 from train.checkpoints import check_resume_config
 from train.files import write_json_atomic, write_text_atomic
 from train.rundir import (
@@ -90,7 +91,8 @@ def pick_device(config: ScionConfig) -> str:
 
 def report_data(data: PreparedData) -> None:
     for split, s in data.stats.items():
-        line = f"data[{split}]: {s.examples} examples, {s.tokens} tokens ({s.trained_tokens} trained) from {s.source}"
+        line = (f"data[{split}]: {s.examples} examples, {s.tokens} tokens ({s.trained_tokens} trained), "
+                f"{s.with_reasoning} with reasoning, from {s.source}")
         if s.truncated or s.dropped_too_long:
             line += f"; {s.truncated} truncated, {s.dropped_too_long} dropped as too long"
         print(line, flush=True)
@@ -98,7 +100,7 @@ def report_data(data: PreparedData) -> None:
             print(f"warning: data[{split}]: {s.duplicates} duplicate examples ({'; '.join(s.duplicate_examples)})", flush=True)
 
 
-def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
+def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, padding_free_ok: bool = True):
     from trl import SFTConfig
 
     t = config.trainer
@@ -137,8 +139,9 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         dataloader_num_workers=0,
         # GPU (or packing): padding-free micro-batches for the varlen kernels; the CPU keeps padded
         # batches (same math, tests/test_speed.py), where sdpa would need an O(T^2) block mask.
+        # padding_free_ok=False: the model cannot keep packed examples apart (train/deltanet.py).
         **(packing.sft_speed_kwargs(device, t.packing, config.data.max_length)
-           if device == "cuda" or t.packing else {"max_length": None}),
+           if padding_free_ok and (device == "cuda" or t.packing) else {"max_length": None}),
     )
 
 
@@ -289,7 +292,10 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     set_seed(config.trainer.seed)
     free_memory = torch.cuda.mem_get_info()[0] if device == "cuda" else None  # before the weights arrive
     model = load_model(base, config.model, config.peft, config.trainer.precision, device)
-    model = add_adapter(model, config.peft)
+    if model.scion_packing_unsafe:  # never train on rows whose examples see each other
+        print(f"packing and padding-free: off for this model: {model.scion_packing_unsafe}", flush=True)
+        config.trainer.packing = False
+    model = add_adapter(model, config.peft, default_lora_targets(base, config.peft))
     checkpointing = checkpointing_policy(config, model, free_memory)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"model: {base.hub_id or base.name_or_path} ({base.architecture}) on {device}; "
@@ -301,7 +307,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     loaded = time.time()
 
     # ---- Train.
-    args = sft_args(config, run_dir, device, data.eval is not None)
+    args = sft_args(config, run_dir, device, data.eval is not None, padding_free_ok=not model.scion_packing_unsafe)
     train_rows = data.train
     if config.trainer.packing:  # seeded, so a resumed run sees the same rows
         train_rows = packing.pack_dataset(data.train, config.data.max_length, seed=config.trainer.seed)
@@ -353,14 +359,15 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         "command": " ".join(["python", "train.py", *sys.argv[1:]]),
         "base": base.to_dict(),
         "peft": {"method": config.peft.method.value, "r": config.peft.r, "alpha": config.peft.alpha,
-                 "target_modules": list(config.peft.target_modules)},
+                 "target_modules": default_lora_targets(base, config.peft)},
         "data": {"sources": data.sources, "stats": {k: vars(v) for k, v in data.stats.items()},
                  "max_length": config.data.max_length, "truncation": config.data.truncation.value},
         "metrics": metrics,
         "log_history": trainer.state.log_history,  # per-step loss/lr/eval_loss, for plots
         "device": gpu_name or platform.processor() or "cpu",
         "speed": {"attn_implementation": model.config._attn_implementation, "packing": config.trainer.packing,
-                  "padding_free": device == "cuda" or config.trainer.packing, "checkpointing": checkpointing},
+                  "padding_free": not model.scion_packing_unsafe and (device == "cuda" or config.trainer.packing),
+                  "checkpointing": checkpointing},
         "versions": package_versions(),
         "timings": {
             "started_at": started_at,

@@ -1,9 +1,14 @@
-"""Tiny random-weight models of the exact Qwen2 and Qwen3 architectures, with the real vocabulary.
+"""Tiny random-weight models of the exact Qwen2, Qwen3 and Qwen3.5 architectures, with the real vocabulary.
 
 They stand in for real checkpoints wherever no weights can be downloaded: the quickstart recipe
 (`model.name_or_path: tiny:qwen2`), the tests, and the CPU smoke runs. A tiny model is written
 once to a local snapshot directory (config, safetensors, tokenizer, generation_config, README)
 and then loads through exactly the same code path as a real base model.
+
+`tiny:qwen3_5` is saved like the released Qwen3.5 checkpoints: a `Qwen3_5ForConditionalGeneration`
+(config with text_config and vision_config) with four decoder layers (three Gated DeltaNet, one full
+attention), the real 248,320-row vocabulary and template, a two-block vision tower and the processor
+files, so a merged export can be checked to carry the vision part over unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from train.tokenizer import ENDOFTEXT, IM_END, build_qwen_tokenizer
 
 TINY_PREFIX = "tiny:"
 # Bump when the tiny architecture or tokenizer changes, so stale caches are rebuilt.
-TINY_VERSION = "v2"
+TINY_VERSION = "v3"
 QWEN_VOCAB_SIZE = 151936  # Qwen's embedding rows (151,669 used ids, padded)
 
 TINY_README = """---
@@ -62,20 +67,79 @@ def tiny_config(arch: str, **sizes):
     )
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown tiny architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    if arch == "qwen3_5":
+        return qwen3_5_config(**sizes)
     architecture = ARCHITECTURES[arch]
     config_class = getattr(transformers, architecture.config_class)
     return config_class(**{**architecture.tiny_config, **common, **sizes})
 
 
+# Tiny Qwen3.5: 4 layers (3 Gated DeltaNet + 1 full attention), small heads, a 2-block vision tower.
+TINY_QWEN3_5_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+                         linear_key_head_dim=16, linear_value_head_dim=16)
+TINY_QWEN3_5_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=64)
+
+
+def qwen3_5_config(vision: dict | None = None, **text):
+    """A Qwen3_5Config (text_config + vision_config) of the given sizes; tiny by default."""
+    import transformers
+
+    from train.arch import qwen3_5
+
+    text = {**TINY_QWEN3_5_TEXT, **text}
+    num_layers, head_dim = text.pop("num_hidden_layers"), text.pop("head_dim")
+    text_config = qwen3_5.config_kwargs(num_layers, head_dim, **text)
+    vision_config = {**TINY_QWEN3_5_VISION, **(vision or {}), "out_hidden_size": text_config["hidden_size"]}
+    return transformers.Qwen3_5Config(text_config=text_config, vision_config=vision_config,
+                                      tie_word_embeddings=text_config["tie_word_embeddings"])
+
+
+# The processor files of a Qwen3.5 checkpoint, in the fields transformers' Qwen3VLProcessor reads
+# (patch 16, temporal patch 2, merge 2, mean/std 0.5). Written as JSON: building the processor
+# objects needs torchvision, which a CPU test machine may lack. Training never reads them; they
+# are there so a merged export can be checked to carry them over unchanged.
+QWEN3_5_PREPROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessorFast", "processor_class": "Qwen3VLProcessor",
+    "do_resize": True, "do_rescale": True, "rescale_factor": 0.00392156862745098, "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
+    "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2,
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+}
+QWEN3_5_VIDEO_PREPROCESSOR = {
+    **{k: v for k, v in QWEN3_5_PREPROCESSOR.items() if k != "image_processor_type"},
+    "video_processor_type": "Qwen3VLVideoProcessor", "fps": 2, "min_frames": 4, "max_frames": 768,
+    "size": {"longest_edge": 25165824, "shortest_edge": 4096},
+}
+
+
+def save_processor_files(out_dir: Path) -> None:
+    import json
+
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(QWEN3_5_PREPROCESSOR, indent=2) + "\n")
+    (out_dir / "video_preprocessor_config.json").write_text(json.dumps(QWEN3_5_VIDEO_PREPROCESSOR, indent=2) + "\n")
+
+
+def random_model(config):
+    """A random bf16 model of `config`, of the class its checkpoints are saved as: image-text-to-text
+    (Qwen3_5ForConditionalGeneration) for Qwen3.5, the causal LM otherwise."""
+    import torch
+    import transformers
+
+    if getattr(config, "model_type", None) == "qwen3_5":
+        return transformers.Qwen3_5ForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
 def save_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random `arch` model (weights, tokenizer, generation config, README) to out_dir."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     config = tiny_config(arch)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model = random_model(config)
     # With hidden size 64 and the default init (std 0.02), the largest reachable logit is about 1,
     # so the model could never leave the uniform distribution over 151,936 tokens (loss ~11.9).
     # Wider embeddings (tied to lm_head) let a few LoRA steps move the loss, as on a real model.
@@ -90,12 +154,14 @@ def save_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    if arch == "qwen3_5":
+        save_processor_files(out_dir)
     (out_dir / "README.md").write_text(TINY_README.format(arch=arch.capitalize()))
     return out_dir
 
 
 def ensure_tiny_model(spec: str) -> Path:
-    """Resolve `tiny:qwen2` / `tiny:qwen3` to a local snapshot, building it once (atomically)."""
+    """Resolve `tiny:qwen2` / `tiny:qwen3` / `tiny:qwen3_5` to a local snapshot, building it once (atomically)."""
     arch = spec[len(TINY_PREFIX):]
     tiny_config(arch)  # validates the name before any work
     target = scion_cache_dir() / "tiny" / f"{arch}-{TINY_VERSION}"
@@ -130,6 +196,33 @@ QWEN_ARCHITECTURES = {
     "Qwen/Qwen3-4B": ("qwen3", dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                                     num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                                     max_position_embeddings=40960)),
+    # Qwen3-4B-Instruct-2507 / -Thinking-2507: Qwen3-4B's architecture with a 262,144-token context.
+    "Qwen/Qwen3-4B-Instruct-2507": ("qwen3", dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                                                  num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                                                  max_position_embeddings=262144)),
+    "Qwen/Qwen3-4B-Thinking-2507": ("qwen3", dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                                                  num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                                                  max_position_embeddings=262144)),
+    # Qwen3.5: text sizes of each config.json's text_config; the vision tower is 12 blocks of 768 in
+    # 0.8B and 24 blocks of 1024 in 2B/4B.
+    "Qwen/Qwen3.5-0.8B": ("qwen3_5", dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=24,
+                                          num_attention_heads=8, num_key_value_heads=2, head_dim=256,
+                                          linear_num_key_heads=16, linear_num_value_heads=16,
+                                          linear_key_head_dim=128, linear_value_head_dim=128,
+                                          vision=dict(depth=12, hidden_size=768, intermediate_size=3072,
+                                                      num_heads=12, num_position_embeddings=2304))),
+    "Qwen/Qwen3.5-2B": ("qwen3_5", dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                                        num_attention_heads=8, num_key_value_heads=2, head_dim=256,
+                                        linear_num_key_heads=16, linear_num_value_heads=16,
+                                        linear_key_head_dim=128, linear_value_head_dim=128,
+                                        vision=dict(depth=24, hidden_size=1024, intermediate_size=4096,
+                                                    num_heads=16, num_position_embeddings=2304))),
+    "Qwen/Qwen3.5-4B": ("qwen3_5", dict(hidden_size=2560, intermediate_size=9216, num_hidden_layers=32,
+                                        num_attention_heads=16, num_key_value_heads=4, head_dim=256,
+                                        linear_num_key_heads=16, linear_num_value_heads=32,
+                                        linear_key_head_dim=128, linear_value_head_dim=128,
+                                        vision=dict(depth=24, hidden_size=1024, intermediate_size=4096,
+                                                    num_heads=16, num_position_embeddings=2304))),
 }
 
 
@@ -141,7 +234,6 @@ def save_standin(hub_id: str, hf_cache: str | Path, commit_sha: str = "0" * 40) 
     memory, not quality.
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     arch, sizes = QWEN_ARCHITECTURES[hub_id]
     config = tiny_config(arch, **sizes)
@@ -149,9 +241,17 @@ def save_standin(hub_id: str, hf_cache: str | Path, commit_sha: str = "0" * 40) 
     snapshot = repo / "snapshots" / commit_sha
     snapshot.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model = random_model(config)
     model.save_pretrained(snapshot, safe_serialization=True, max_shard_size="2GB")
-    build_qwen_tokenizer(arch).save_pretrained(snapshot)
+    tokenizer = build_qwen_tokenizer(arch)
+    if hub_id.endswith("-2507"):  # the 2507 checkpoints ship their own templates
+        from train.tokenizer import read_template_file
+
+        tokenizer.chat_template = read_template_file(
+            "qwen3_2507_thinking.jinja" if "Thinking" in hub_id else "qwen3_2507_instruct.jinja")
+    tokenizer.save_pretrained(snapshot)
+    if arch == "qwen3_5":
+        save_processor_files(snapshot)
     (snapshot / "README.md").write_text(TINY_README.format(arch=f"stand-in of {hub_id}"))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit_sha)

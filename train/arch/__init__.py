@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from train.arch import qwen2, qwen3
+from train.arch import qwen2, qwen3, qwen3_5
 from train.arch.base import Architecture, config_value, head_dim  # noqa: F401  (the package's API)
 
-ARCHITECTURES = {a.name: a for a in (qwen2.ARCHITECTURE, qwen3.ARCHITECTURE)}
+ARCHITECTURES = {a.name: a for a in (qwen2.ARCHITECTURE, qwen3.ARCHITECTURE, qwen3_5.ARCHITECTURE)}
 SUPPORTED_HF_CLASSES = sorted(a.hf_class for a in ARCHITECTURES.values())
 
 
@@ -32,4 +32,5 @@ def by_hf_class(hf_class: str) -> Optional[Architecture]:
 
 def of_config(config) -> Optional[Architecture]:
     """The architecture of a transformers config or config.json dict (by model_type), if Scion knows it."""
-    return ARCHITECTURES.get(config_value(config, "model_type"))
+    model_type = config_value(config, "model_type")
+    return next((a for a in ARCHITECTURES.values() if model_type in (a.name, *a.other_model_types)), None)

