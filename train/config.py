@@ -235,6 +235,27 @@ def register_configs() -> None:
 # Recipes given as a file path on the command line: generated name -> the path as given.
 FILE_RECIPES: dict[str, str] = {}
 
+# The arguments as the user typed them, before register_recipe_file rewrites `recipe=<file>` to an
+# internal name: what run.json and the model card record as the command (None: not from train.py).
+TYPED_ARGS: list[str] | None = None
+
+
+def typed_command() -> str:
+    """The train.py command line that was typed, quoted so that it can be pasted into a shell."""
+    import shlex
+    import sys
+
+    args = TYPED_ARGS if TYPED_ARGS is not None else sys.argv[1:]
+    return shlex.join(["python", "train.py", *args])
+
+
+def fail(message: str) -> None:
+    """A bad command line: one `error:` line on stderr and exit code 2."""
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
 
 def register_recipe_file(argv: list[str]) -> list[str]:
     """Let `recipe=<path>.yaml` (e.g. a run's saved recipe.yaml) select a recipe from a file.
@@ -244,16 +265,19 @@ def register_recipe_file(argv: list[str]) -> list[str]:
     """
     from hydra.core.config_store import ConfigStore
 
+    global TYPED_ARGS
+    TYPED_ARGS = list(argv)
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")
         if key == "recipe" and value.startswith("hub:"):  # the recipe.yaml published beside a model
             path = download_hub_recipe(value[len("hub:"):])
+            check_hub_recipe_data(arg, OmegaConf.load(path), argv)
             value = str(path)
         if key == "recipe" and value.endswith((".yaml", ".yml")):  # shipped recipes are named without it
             path = Path(value).expanduser()
             if not path.is_file():
-                raise SystemExit(f"error: recipe file not found: {value}")
+                fail(f"recipe file not found: {value}")
             name = f"file_{len(FILE_RECIPES)}_{path.stem}"
             ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
             FILE_RECIPES[name] = value
@@ -270,7 +294,27 @@ def download_hub_recipe(repo_id: str) -> Path:
         return Path(hf_hub_download(repo_id, "recipe.yaml"))
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SystemExit(f"error: recipe=hub:{repo_id}: cannot download recipe.yaml from the Hub: {first}") from None
+        fail(f"recipe=hub:{repo_id}: cannot download recipe.yaml from the Hub: {first}")
+
+
+def check_hub_recipe_data(recipe_arg: str, recipe: DictConfig, argv: list[str]) -> None:
+    """A published recipe that trained on local files: say which file is missing and how to give it.
+
+    The recipe.yaml records the data paths of the machine it was trained on; they are not uploaded
+    with the model. Unless the command line overrides them, stop here with the override to type.
+    """
+    from train.data import looks_like_path  # the rule that tells a local file from a Hub dataset id
+
+    data = recipe.get("data") or {}
+    for key in ("train", "eval"):
+        value = data.get(key)
+        overridden = any(arg.lstrip("+").startswith(f"data.{key}=") for arg in argv)
+        if not isinstance(value, str) or overridden or not looks_like_path(value):
+            continue
+        if not Path(value).expanduser().is_file():
+            name = Path(value).name
+            fail(f"{recipe_arg}: data.{key} is a local file of the machine it was trained on, not found here: {value}; "
+                 f"give your copy with data.{key}=path/to/{name}")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

@@ -131,7 +131,7 @@ def _read_hub_dataset(dataset_id: str, split: str) -> tuple[list[Row], dict[str,
     return rows, {"source": dataset_id, "split": split, "fingerprint": ds._fingerprint, "rows": len(rows)}
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in LOCAL_SUFFIXES
 
 
@@ -146,7 +146,7 @@ def read_rows(source: str, split: str, key: str) -> tuple[list[Row], dict[str, A
         return rows, {"source": str(path.resolve()), "sha256": file_sha256(path), "rows": len(rows)}
     if path.exists():
         raise ScionError(f"{key}: {path} is a directory; give a data file")
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise ScionError(f"{key}: data file not found: {source}")
     return _read_hub_dataset(source, split)
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from train import speed
-from train.config import FILE_RECIPES, Checkpointing, PeftMethod, Precision, ScionConfig, to_scion_config
+from train.config import FILE_RECIPES, Checkpointing, PeftMethod, Precision, ScionConfig, to_scion_config, typed_command
 from train.data import PreparedData, prepare_data
 from train.errors import Preempted, ScionError
 from train.model import BaseModel, add_adapter, check_target_modules, load_model, load_tokenizer, resolve_base
@@ -347,7 +347,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     run = {
         "scion_run_version": 1,
         "recipe": config.recipe_name,
-        "command": " ".join(["python", "train.py", *sys.argv[1:]]),
+        "command": typed_command(),  # as typed: recipe=<file> stays the file, not Hydra's internal name
         "base": base.to_dict(),
         "peft": {"method": config.peft.method.value, "r": config.peft.r, "alpha": config.peft.alpha,
                  "target_modules": list(config.peft.target_modules)},
