@@ -212,24 +212,58 @@ class ScionConfig:
     recipe_name: str = "custom"
 
 
+# Team recipe folders, os.pathsep-separated (`SCION_RECIPES=team/recipes:~/more`): their recipes are
+# usable by name and listed in --help beside the built-in ones.
+TEAM_RECIPES_ENV = "SCION_RECIPES"
+
+
+def recipe_folders() -> list[Path]:
+    """recipes/ of this checkout, then each folder named in $SCION_RECIPES (which must exist)."""
+    import os
+
+    from train.errors import ScionError
+
+    folders = [RECIPES_DIR]
+    for entry in os.environ.get(TEAM_RECIPES_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = Path(entry).expanduser()
+        if not folder.is_dir():
+            raise ScionError(f"{TEAM_RECIPES_ENV}: recipe folder not found: {entry}")
+        folders.append(folder)
+    return folders
+
+
+def recipe_files() -> dict[str, Path]:
+    """Every recipe usable by name: name -> file. A name defined twice is an error naming both files."""
+    from train.errors import ScionError
+
+    found: dict[str, Path] = {}
+    for folder in recipe_folders():
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            if path.stem in found and found[path.stem].resolve() != path.resolve():
+                raise ScionError(f"recipe {path.stem} is defined twice: {found[path.stem]} and {path}; rename one")
+            found[path.stem] = path
+    return found
+
+
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return sorted(recipe_files())
 
 
 def register_configs() -> None:
-    """Register the schema and every recipes/*.yaml with Hydra's ConfigStore.
+    """Register the schema, every recipes/*.yaml and every team recipe with Hydra's ConfigStore.
 
-    Recipes live in a top-level recipes/ folder (where teams look for them), not under
-    configs/, so they are registered by hand as group `recipe` in the global package:
-    `recipe=qwen3b_lora` then merges a recipe at the root, and `--help` lists them.
+    Recipes live in a top-level recipes/ folder (where teams look for them) and in the folders of
+    $SCION_RECIPES, not under configs/, so they are registered by hand as group `recipe` in the
+    global package: `recipe=qwen3b_lora` then merges a recipe at the root, and `--help` lists them.
     """
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="scion_schema", node=ScionConfig)
-    for name in list_recipes():
-        node = OmegaConf.load(RECIPES_DIR / f"{name}.yaml")
-        store.store(group="recipe", name=name, node=node, package="_global_")
+    for name, path in recipe_files().items():
+        store.store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
 
 
 # Recipes given as a file path on the command line: generated name -> the path as given.
