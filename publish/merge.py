@@ -36,9 +36,12 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from train.console import peft_wrapping
+
     dtype = base_dtype(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, use_safetensors=True)
-    model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    with peft_wrapping():
+        model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # the training tokenizer (eos <|im_end|>)
 
     generation = model.generation_config if model.generation_config is not None else GenerationConfig()

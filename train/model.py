@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from train.config import ModelConfig, PeftConfig, PeftMethod, Precision
+from train.console import peft_wrapping
 from train.errors import ScionError
 from train.tiny import TINY_PREFIX, ensure_tiny_model
 from train.tokenizer import ENDOFTEXT, IM_END
@@ -215,4 +216,5 @@ def add_adapter(model, peft: PeftConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)

@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from train import speed
 from train.config import FILE_RECIPES, Checkpointing, PeftMethod, Precision, ScionConfig, to_scion_config, typed_command
+from train.console import quiet_console
 from train.data import PreparedData, prepare_data
 from train.errors import Preempted, ScionError
 from train.model import BaseModel, add_adapter, check_target_modules, load_model, load_tokenizer, resolve_base
@@ -117,6 +118,20 @@ def report_data(data: PreparedData) -> None:
             print(f"warning: data[{split}]: {s.duplicates} duplicate examples ({'; '.join(s.duplicate_examples)})", flush=True)
 
 
+def checkpointing_argument() -> str:
+    """The TrainingArguments field that switches activation checkpointing, on this transformers.
+
+    Newer releases name it `activation_checkpointing` and warn on the old `gradient_checkpointing`
+    (a deprecated alias kept until v6); older supported releases only know the old name.
+    """
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
     from trl import SFTConfig
 
@@ -139,7 +154,7 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool):
         max_grad_norm=t.max_grad_norm,
         bf16=t.precision == Precision.bf16,
         fp16=t.precision == Precision.fp16,
-        gradient_checkpointing=False,  # Scion's own policy, enabled in _train_in (train/speed.py)
+        **{checkpointing_argument(): False},  # Scion's own policy, enabled in _train_in (train/speed.py)
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must show in the logs (pitfalls.md #4)
         save_strategy="steps",
@@ -214,6 +229,7 @@ def train(config: ScionConfig) -> TrainResult:
     """Run one fine-tune described by `config`; returns the run directory and the trained model."""
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    quiet_console(quantized_on_cpu=config.peft.method == PeftMethod.qlora)
 
     # ---- Preflight: config, base files, tokenizer, every data row. Nothing written yet.
     check_config(config)
@@ -247,6 +263,17 @@ def train(config: ScionConfig) -> TrainResult:
         return _train_in(run_dir, resume_from, config, base, tokenizer, data, device, started, started_at, data_done)
     finally:
         lock.release()
+
+
+def run_summary(metrics: dict[str, Any], seconds: float, run_dir: Path) -> str:
+    """The one line that ends training: time, steps, losses, speed and where the run is."""
+    parts = [f"{metrics['global_step']} steps", f"train loss {metrics['train_loss']:.4f}"]
+    if "eval_loss" in metrics:
+        parts.append(f"eval loss {metrics['eval_loss']:.4f}")
+    parts.append(f"{metrics['tokens_per_second']:,.0f} tokens/s")
+    if metrics.get("mfu") is not None:
+        parts.append(f"MFU {metrics['mfu']:.1%}")
+    return f"done in {seconds:.0f}s: {', '.join(parts)}; run saved to {run_dir}"
 
 
 def resume_fingerprint(config: ScionConfig, base: BaseModel, data: PreparedData) -> dict[str, Any]:
@@ -369,7 +396,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         },
     }
     write_json_atomic(run_dir / RUN_FILE, run)
-    print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
+    print(run_summary(metrics, finished - started, run_dir), flush=True)
 
     # ---- Evaluate against the base (same split, prompts and decoding), reusing the model in memory.
     if will_evaluate(config):
