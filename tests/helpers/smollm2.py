@@ -26,7 +26,7 @@ from train.tiny import scion_cache_dir
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Bump when the conversion changes, so a stale cached snapshot is rebuilt.
-SNAPSHOT_VERSION = "v1"
+SNAPSHOT_VERSION = "v2"
 README = f"""---
 license: apache-2.0
 library_name: transformers
@@ -130,7 +130,9 @@ def save_smollm2_qwen2(out_dir: Path, gguf_path: Path, tolerance: float = 1e-3) 
     if diff > tolerance:
         raise ValueError(f"the Qwen2 layout does not reproduce the Llama logits: max |diff| {diff:.2e}")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    qwen.generation_config = GenerationConfig(eos_token_id=[im_end], pad_token_id=qwen.config.pad_token_id, do_sample=False)
+    # bos as in the tokenizer and config (<|im_start|>), or transformers re-aligns it with a notice at load time.
+    qwen.generation_config = GenerationConfig(bos_token_id=qwen.config.bos_token_id, eos_token_id=[im_end],
+                                              pad_token_id=qwen.config.pad_token_id, do_sample=False)
     qwen.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)  # its own pad (<|im_end|>) is kept: Scion must pick another
     (out_dir / "README.md").write_text(README)
