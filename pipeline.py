@@ -17,7 +17,8 @@ from eval.run import evaluate_run
 from eval.run import preflight as preflight_eval
 from publish.run import preflight_publish, publish_run
 from report.html import write_report
-from train.config import FILE_RECIPES, ScionConfig, to_scion_config
+from train.config import FILE_RECIPES, PeftMethod, ScionConfig, to_scion_config
+from train.console import quiet_console
 from train.errors import Preempted, ScionError
 from train.run import TrainResult, load_training_data, plan_training, run_training
 
@@ -28,6 +29,8 @@ def will_evaluate(config: ScionConfig) -> bool:
 
 
 def run_pipeline(config: ScionConfig) -> TrainResult:
+    quiet_console(quantized_on_cpu=config.peft.method == PeftMethod.qlora)  # before eval's preflight imports
+
     # ---- Preflight: config, eval settings, the base's files, publish targets, every data row.
     if will_evaluate(config):
         preflight_eval(config)

@@ -18,10 +18,14 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline import main_from_hydra
-from train.config import register_configs, register_recipe_file
+from train.config import fail, register_configs, register_recipe_file
 from train.config_errors import check_command_line
+from train.errors import ScionError
 
-register_configs()
+try:
+    register_configs()  # recipes/ and the team folders of $SCION_RECIPES
+except ScionError as e:  # a missing team folder, or one recipe name in two files
+    fail(str(e))
 sys.argv[1:] = register_recipe_file(sys.argv[1:])
 check_command_line(sys.argv[1:])  # a bad key or value: one line and exit 2, before Hydra's report
 

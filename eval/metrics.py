@@ -46,9 +46,11 @@ def normalize(text: str) -> str:
 
 
 def rouge_l_scores(predictions: list[str], references: list[str]) -> list[float]:
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, tokenizers
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    # The scorer's own default tokenizer (no stemming), given explicitly: left out, rouge_score logs
+    # "Using default tokenizer." at INFO, which Hydra's console logging prints on every eval.
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=tokenizers.DefaultTokenizer(use_stemmer=False))
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
 
 

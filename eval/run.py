@@ -31,6 +31,7 @@ from eval.report import (
 )
 from eval.scoring import assistant_loss, decoding_settings, encode_for_loss, generate_all, inference_mode
 from train.config import EvalConfig, PeftMethod, ScionConfig
+from train.console import quiet_console
 from train.errors import ScionError
 from train.run import package_versions
 from train.rundir import ADAPTER_DIR, load_run
@@ -62,6 +63,7 @@ def load_run_model(run_dir: Path, recipe: ScionConfig):
     import torch
     from peft import PeftModel
 
+    from train.console import peft_wrapping
     from train.model import load_model, load_tokenizer, resolve_base
 
     base = resolve_base(recipe.model)
@@ -69,7 +71,8 @@ def load_run_model(run_dir: Path, recipe: ScionConfig):
     model = load_model(base, recipe.model, recipe.peft, recipe.trainer.precision)
     if torch.cuda.is_available() and recipe.peft.method != PeftMethod.qlora:  # QLoRA is placed when loaded
         model = model.to("cuda")
-    return PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR), tokenizer
+    with peft_wrapping():
+        return PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR), tokenizer
 
 
 def data_summary(eval_set: EvalSet, run: dict[str, Any], max_examples: Optional[int], loss_examples: int, loss_tokens: int) -> dict[str, Any]:
@@ -229,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir, overrides = parse_args(args)
         load_run(run_dir)
-        config = apply_overrides(load_recipe(run_dir).eval, overrides)
+        recipe = load_recipe(run_dir)
+        quiet_console(quantized_on_cpu=recipe.peft.method == PeftMethod.qlora)
+        config = apply_overrides(recipe.eval, overrides)
         evaluate_run(run_dir, config)
     except ScionError as e:
         print(f"error: {e}", file=sys.stderr)

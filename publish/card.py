@@ -200,15 +200,23 @@ Final train loss {_fmt(metrics.get('train_loss'))}, eval loss {_fmt(metrics.get(
 {eval_section}
 ## Reproduce
 
-The full resolved recipe is in this repo as `recipe.yaml`. Train it again with
-```bash
-python train.py recipe=hub:{repo_id}
-```
-The original command was `{run.get('command', 'python train.py')}`.
+{reproduce_section(repo_id, run)}
 
 Framework versions: {versions}.
 """
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+
+
+def reproduce_section(repo_id: str, run: dict[str, Any]) -> str:
+    """How to train it again: `recipe=hub:` plus a data override for each local file not published."""
+    local = [(s["role"], source_name(s)) for s in run["data"]["sources"] if "sha256" in s]
+    command = f"python train.py recipe=hub:{repo_id}" + "".join(f" data.{role}=path/to/{name}" for role, name in local)
+    text = "The full resolved recipe is in this repo as `recipe.yaml`. Train it again with\n"
+    if local:
+        files = ", ".join(f"`{name}` (data.{role})" for role, name in local)
+        text = (f"The full resolved recipe is in this repo as `recipe.yaml`. It trained on local files that are not "
+                f"published here: {files}. Give your copies on the command line:\n")
+    return text + f"```bash\n{command}\n```\nThe original command was `{run.get('command', 'python train.py')}`."
 
 
 def _fmt(value) -> str:

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from train.arch import by_hf_class
+from train.console import peft_wrapping
 from train.errors import ScionError
 from train.tokenizer import ENDOFTEXT, IM_END
 
@@ -61,7 +62,8 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     base_dir = Path(base_dir)
     dtype = base_dtype(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, use_safetensors=True)
-    model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    with peft_wrapping():
+        model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # the training tokenizer (eos <|im_end|>)
     architecture = by_hf_class((json.loads((base_dir / "config.json").read_text()).get("architectures") or ["?"])[0])
     if architecture is not None and architecture.language_model_prefix:

@@ -168,3 +168,46 @@ def test_cli_help_lists_recipes_and_cfg_job_prints_the_resolved_config():
     assert job.returncode == 0
     printed = OmegaConf.create(job.stdout)
     assert printed.model.name_or_path == "Qwen/Qwen2.5-3B-Instruct" and printed.peft.method == "qlora"
+
+
+# ---- team recipes: $SCION_RECIPES -------------------------------------------------------------
+def team_recipe(folder, name, lr):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(f"defaults:\n  - /recipe/quickstart\n  - _self_\ntrainer:\n  learning_rate: {lr}\n")
+    return path
+
+
+def test_team_recipes_from_several_folders_are_usable_by_name_and_listed_in_help(tmp_path):
+    import os
+
+    team_recipe(tmp_path / "team", "support_bot", 1.5e-4)
+    team_recipe(tmp_path / "mine", "orders", 2.5e-4)
+    env = {"SCION_RECIPES": os.pathsep.join([str(tmp_path / "team"), str(tmp_path / "mine")])}
+    help_text = run_script("train.py", "--help", env=env).stdout
+    listed = help_text.split("recipe: ")[1].split("\n")[0].split(", ")
+    assert set(listed) == set(EXPECTED_RECIPES) | {"support_bot", "orders"}
+    job = run_script("train.py", "recipe=orders", "--cfg", "job", env=env, cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    printed = OmegaConf.create(job.stdout)
+    assert printed.trainer.learning_rate == 2.5e-4 and printed.model.name_or_path == "tiny:qwen2"
+
+
+def test_team_recipe_name_clash_names_both_files(tmp_path, monkeypatch):
+    import os
+
+    from train.config import recipe_files
+    from train.errors import ScionError
+
+    first = team_recipe(tmp_path / "a", "orders", 1e-4)
+    second = team_recipe(tmp_path / "b", "orders", 2e-4)
+    monkeypatch.setenv("SCION_RECIPES", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    with pytest.raises(ScionError, match=f"recipe orders is defined twice: {first} and {second}"):
+        recipe_files()
+    monkeypatch.setenv("SCION_RECIPES", str(tmp_path / "nope"))
+    with pytest.raises(ScionError, match="SCION_RECIPES: recipe folder not found: "):
+        recipe_files()
+    # A team recipe named like a built-in one: through the command line, one line and exit 2.
+    clash = team_recipe(tmp_path / "c", "quickstart", 1e-4)
+    line = one_error_line(run_script("train.py", "--cfg", "job", env={"SCION_RECIPES": str(tmp_path / "c")}, cwd=tmp_path))
+    assert line == f"error: recipe quickstart is defined twice: {REPO_ROOT / 'recipes' / 'quickstart.yaml'} and {clash}; rename one"

@@ -340,21 +340,51 @@ def test_publish_py_command_line(hub_server, trained, tmp_path):
 
 
 def test_train_from_a_hub_id_then_publish_and_retrain_from_the_hub_recipe(hub_server, tiny_qwen2_dir, tmp_path):
-    """Download, training, publishing and lineage all for real, against the test server."""
+    """Download, training, publishing and lineage all for real, against the test server.
+
+    The run is started from a team recipe file on local data, as a user would: run.json and the card
+    record the command as typed, and `recipe=hub:` on a machine without that data file says which
+    file is missing and which override gives it, in one line.
+    """
+    import shlex
+
     from huggingface_hub import HfApi
 
     api = HfApi()
     api.create_repo(BASE_ID)
     api.upload_folder(repo_id=BASE_ID, folder_path=str(tiny_qwen2_dir), commit_message="tiny base")
     base_sha = hub_server.head(BASE_ID)
-    data = REPO_ROOT / "data/quickstart/eval.jsonl"
+    data = tmp_path / "orders.jsonl"
+    shutil.copy(REPO_ROOT / "data/quickstart/eval.jsonl", data)
+    recipe = tmp_path / "team recipes" / "orders.yaml"  # a space, to check the recorded command is quoted
+    recipe.parent.mkdir()
+    recipe.write_text(f"defaults:\n  - /recipe/quickstart\n  - _self_\ndata:\n  train: {data}\n  eval: null\n")
     out = tmp_path / "run"
-    result = run_script("train.py", f"model.name_or_path={BASE_ID}", f"data.train={data}", "data.eval=null",
-                        "trainer.max_steps=2", f"trainer.output_dir={out}", "publish.repo_id=me/from-hub", cwd=tmp_path)
+    args = [f"recipe={recipe}", f"model.name_or_path={BASE_ID}", "trainer.max_steps=2", f"trainer.output_dir={out}",
+            "publish.repo_id=me/from-hub"]
+    result = run_script("train.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert (run["base"]["hub_id"], run["base"]["commit_sha"]) == (BASE_ID, base_sha)
     assert f"base_model:adapter:{BASE_ID}" in api.model_info("me/from-hub").tags
+    typed = shlex.join(["python", "train.py", *args])
+    assert run["command"] == typed and "file_0" not in run["command"]
+    card = (out / "publish" / "adapter" / "README.md").read_text()
+    assert f"The original command was `{typed}`" in card
+    assert "python train.py recipe=hub:me/from-hub data.train=path/to/orders.jsonl\n" in card
+
     again = run_script("train.py", "recipe=hub:me/from-hub", "--cfg", "job", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert yaml.safe_load(again.stdout)["model"]["name_or_path"] == BASE_ID
+
+    # On a machine without the data file: one line naming it and the override, before anything loads.
+    data.unlink()
+    missing = run_script("train.py", "recipe=hub:me/from-hub", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr[-2000:]
+    assert missing.stderr.startswith(f"error: recipe=hub:me/from-hub: data.train is a local file of the machine it "
+                                     f"was trained on, not found here: {data}; give your copy with data.train=path/to/orders.jsonl")
+    mine = tmp_path / "my_orders.jsonl"
+    shutil.copy(REPO_ROOT / "data/quickstart/eval.jsonl", mine)
+    overridden = run_script("train.py", "recipe=hub:me/from-hub", f"data.train={mine}", "--cfg", "job", cwd=tmp_path)
+    assert overridden.returncode == 0, overridden.stderr[-2000:]
+    assert yaml.safe_load(overridden.stdout)["data"]["train"] == str(mine)

@@ -48,9 +48,18 @@ def test_train_py_leaves_a_complete_run_directory(tmp_path):
         assert package in run["versions"]
     assert run["timings"]["total_seconds"] > 0
     assert run["speed"]["checkpointing"] == "none (auto)"  # the CPU keeps every activation
-    # The progress bar shows loss and tokens/s; the data report shows counts.
+    # The progress bar shows loss and tokens/s; the data report shows counts; one line sums up.
     assert "loss=" in result.stderr and "tok/s=" in result.stderr
     assert "data[train]: 320 examples" in result.stdout
+    assert f"4 steps, train loss {run['metrics']['train_loss']:.4f}, eval loss" in result.stdout
+    assert run["command"] == f"python train.py recipe=quickstart trainer.max_steps=4 trainer.save_steps=2 " \
+                             f"trainer.logging_steps=1 trainer.output_dir={out}"
+    # A quiet console: no notice about a 4-bit kernel nothing uses, no Python warning (such as
+    # transformers' FutureWarnings on checkpointing names), no library INFO lines, no loading bars.
+    console = result.stdout + result.stderr
+    for noise in ("gemm_4bit_forward", "kernels-community", "Warning:", "Using default tokenizer", "Loading weights",
+                  "Writing model shards"):
+        assert noise not in console, noise
 
     # recipe.yaml is the full resolved config, and re-running from it works.
     saved = OmegaConf.load(out / "recipe.yaml")

@@ -25,6 +25,14 @@ RECIPES_DIR = REPO_ROOT / "recipes"
 ALL_LINEAR = list(DENSE_LORA_TARGETS)
 
 
+# Data files Scion reads, by suffix. A data source is a local file when it looks like a path
+# (relative, absolute or home) or has one of these suffixes; otherwise it is a Hub dataset id.
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in LOCAL_SUFFIXES
+
 class PeftMethod(str, Enum):
     lora = "lora"
     qlora = "qlora"  # LoRA on a bitsandbytes 4-bit (nf4) base
@@ -217,28 +225,83 @@ class ScionConfig:
     recipe_name: str = "custom"
 
 
+# Team recipe folders, os.pathsep-separated (`SCION_RECIPES=team/recipes:~/more`): their recipes are
+# usable by name and listed in --help beside the built-in ones.
+TEAM_RECIPES_ENV = "SCION_RECIPES"
+
+
+def recipe_folders() -> list[Path]:
+    """recipes/ of this checkout, then each folder named in $SCION_RECIPES (which must exist)."""
+    import os
+
+    from train.errors import ScionError
+
+    folders = [RECIPES_DIR]
+    for entry in os.environ.get(TEAM_RECIPES_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = Path(entry).expanduser()
+        if not folder.is_dir():
+            raise ScionError(f"{TEAM_RECIPES_ENV}: recipe folder not found: {entry}")
+        folders.append(folder)
+    return folders
+
+
+def recipe_files() -> dict[str, Path]:
+    """Every recipe usable by name: name -> file. A name defined twice is an error naming both files."""
+    from train.errors import ScionError
+
+    found: dict[str, Path] = {}
+    for folder in recipe_folders():
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            if path.stem in found and found[path.stem].resolve() != path.resolve():
+                raise ScionError(f"recipe {path.stem} is defined twice: {found[path.stem]} and {path}; rename one")
+            found[path.stem] = path
+    return found
+
+
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return sorted(recipe_files())
 
 
 def register_configs() -> None:
-    """Register the schema and every recipes/*.yaml with Hydra's ConfigStore.
+    """Register the schema, every recipes/*.yaml and every team recipe with Hydra's ConfigStore.
 
-    Recipes live in a top-level recipes/ folder (where teams look for them), not under
-    configs/, so they are registered by hand as group `recipe` in the global package:
-    `recipe=qwen3b_lora` then merges a recipe at the root, and `--help` lists them.
+    Recipes live in a top-level recipes/ folder (where teams look for them) and in the folders of
+    $SCION_RECIPES, not under configs/, so they are registered by hand as group `recipe` in the
+    global package: `recipe=qwen3b_lora` then merges a recipe at the root, and `--help` lists them.
     """
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="scion_schema", node=ScionConfig)
-    for name in list_recipes():
-        node = OmegaConf.load(RECIPES_DIR / f"{name}.yaml")
-        store.store(group="recipe", name=name, node=node, package="_global_")
+    for name, path in recipe_files().items():
+        store.store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
 
 
 # Recipes given as a file path on the command line: generated name -> the path as given.
 FILE_RECIPES: dict[str, str] = {}
+
+# The arguments as the user typed them, before register_recipe_file rewrites `recipe=<file>` to an
+# internal name: what run.json and the model card record as the command (None: not from train.py).
+TYPED_ARGS: list[str] | None = None
+
+
+def typed_command() -> str:
+    """The train.py command line that was typed, quoted so that it can be pasted into a shell."""
+    import shlex
+    import sys
+
+    args = TYPED_ARGS if TYPED_ARGS is not None else sys.argv[1:]
+    return shlex.join(["python", "train.py", *args])
+
+
+def fail(message: str) -> None:
+    """A bad command line: one `error:` line on stderr and exit code 2."""
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def register_recipe_file(argv: list[str]) -> list[str]:
@@ -249,16 +312,19 @@ def register_recipe_file(argv: list[str]) -> list[str]:
     """
     from hydra.core.config_store import ConfigStore
 
+    global TYPED_ARGS
+    TYPED_ARGS = list(argv)
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")
         if key == "recipe" and value.startswith("hub:"):  # the recipe.yaml published beside a model
             path = download_hub_recipe(value[len("hub:"):])
+            check_hub_recipe_data(arg, OmegaConf.load(path), argv)
             value = str(path)
         if key == "recipe" and value.endswith((".yaml", ".yml")):  # shipped recipes are named without it
             path = Path(value).expanduser()
             if not path.is_file():
-                raise SystemExit(f"error: recipe file not found: {value}")
+                fail(f"recipe file not found: {value}")
             name = f"file_{len(FILE_RECIPES)}_{path.stem}"
             ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
             FILE_RECIPES[name] = value
@@ -275,7 +341,25 @@ def download_hub_recipe(repo_id: str) -> Path:
         return Path(hf_hub_download(repo_id, "recipe.yaml"))
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SystemExit(f"error: recipe=hub:{repo_id}: cannot download recipe.yaml from the Hub: {first}") from None
+        fail(f"recipe=hub:{repo_id}: cannot download recipe.yaml from the Hub: {first}")
+
+
+def check_hub_recipe_data(recipe_arg: str, recipe: DictConfig, argv: list[str]) -> None:
+    """A published recipe that trained on local files: say which file is missing and how to give it.
+
+    The recipe.yaml records the data paths of the machine it was trained on; they are not uploaded
+    with the model. Unless the command line overrides them, stop here with the override to type.
+    """
+    data = recipe.get("data") or {}
+    for key in ("train", "eval"):
+        value = data.get(key)
+        overridden = any(arg.lstrip("+").startswith(f"data.{key}=") for arg in argv)
+        if not isinstance(value, str) or overridden or not looks_like_path(value):
+            continue
+        if not Path(value).expanduser().is_file():
+            name = Path(value).name
+            fail(f"{recipe_arg}: data.{key} is a local file of the machine it was trained on, not found here: {value}; "
+                 f"give your copy with data.{key}=path/to/{name}")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

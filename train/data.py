@@ -40,10 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from train.config import DataConfig, DataFormat, Truncation
+from train.config import LOCAL_SUFFIXES, DataConfig, DataFormat, Truncation, looks_like_path
 from train.errors import ScionError
 
-LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 MAX_SHOWN = 3  # offending rows quoted in an error or warning
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -141,10 +140,6 @@ def _read_hub_dataset(dataset_id: str, split: str) -> tuple[list[Row], dict[str,
     return rows, {"source": dataset_id, "split": split, "fingerprint": ds._fingerprint, "rows": len(rows)}
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in LOCAL_SUFFIXES
-
-
 def read_rows(source: str, split: str, key: str) -> tuple[list[Row], dict[str, Any]]:
     """Rows and provenance of a local file or Hub dataset. `key` names the config key in errors."""
     path = Path(source).expanduser()
@@ -156,7 +151,7 @@ def read_rows(source: str, split: str, key: str) -> tuple[list[Row], dict[str, A
         return rows, {"source": str(path.resolve()), "sha256": file_sha256(path), "rows": len(rows)}
     if path.exists():
         raise ScionError(f"{key}: {path} is a directory; give a data file")
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise ScionError(f"{key}: data file not found: {source}")
     return _read_hub_dataset(source, split)
 

@@ -23,9 +23,10 @@ from typing import Any, Optional
 from train.arch import SUPPORTED_HF_CLASSES, by_hf_class
 from train.arch.base import DENSE_LORA_TARGETS
 from train.config import ModelConfig, PeftConfig, PeftMethod, Precision
+from train.console import peft_wrapping
 from train.errors import ScionError
 from train.tiny import TINY_PREFIX, ensure_tiny_model
-from train.tokenizer import ENDOFTEXT, IM_END
+from train.tokenizer import ENDOFTEXT, IM_END, IM_START
 
 # What a training run needs from a base repo. No *.bin / *.pt / *.pth: those are pickles.
 BASE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "README.md", "LICENSE*", "NOTICE*"]
@@ -157,10 +158,28 @@ def load_tokenizer(base: BaseModel, cfg: ModelConfig):
     # A chat turn ends with <|im_end|>. Base (non-instruct) Qwen checkpoints say eos=<|endoftext|>,
     # which is also their pad: a collator that masks pad would then never train the stop token.
     tokenizer.eos_token = IM_END
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.pad_token = ENDOFTEXT
-    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    tokenizer.pad_token = pad_token(tokenizer)
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     return tokenizer
+
+
+def pad_token(tokenizer) -> str:
+    """A pad token that is not <|im_end|>: a collator that masks pad would never train the stop token.
+
+    The tokenizer's own pad when it is another token; else <|endoftext|> (Qwen's pad); else another
+    special token of the vocabulary (bos, unk, ...: SmolLM2's GGUF tokenizer pads with <|im_end|>),
+    never <|im_start|>, which opens every turn.
+    """
+    vocab = tokenizer.get_vocab()
+    own = tokenizer.pad_token
+    if own is not None and own in vocab and own not in (IM_END, IM_START):
+        return own
+    candidates = [ENDOFTEXT, tokenizer.bos_token, tokenizer.unk_token, *tokenizer.all_special_tokens]
+    for token in candidates:
+        if token is not None and token in vocab and token not in (IM_END, IM_START):
+            return token
+    raise ScionError("model.name_or_path: the tokenizer has no special token to pad with other than "
+                     f"{IM_END} and {IM_START}; add one (e.g. {ENDOFTEXT}) to the tokenizer")
 
 
 def torch_dtype(precision: Precision):
@@ -249,4 +268,5 @@ def add_adapter(model, peft: PeftConfig, target_modules: Optional[list[str]] = N
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)

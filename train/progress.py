@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import math
 
+from tqdm.auto import tqdm
 from transformers import ProgressCallback
+from transformers.trainer_utils import has_length
 
 
 class ScionProgress(ProgressCallback):
-    """tqdm bar (steps, elapsed, ETA) with the latest loss, learning rate, tokens/s and MFU as postfix.
+    """The one tqdm bar (steps, elapsed, ETA) with the latest loss, learning rate, tokens/s and MFU as postfix.
 
     tokens/s and MFU are put into the logs by speed.speed_callback, which must run before this one.
     """
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """The eval-loss bar clears itself when done (transformers leaves it after training): one bar stays."""
+        if state.is_world_process_zero and has_length(eval_dataloader):
+            if self.prediction_bar is None:
+                self.prediction_bar = tqdm(total=len(eval_dataloader), desc="eval loss", leave=False, dynamic_ncols=True)
+            self.prediction_bar.update(1)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:

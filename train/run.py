@@ -29,7 +29,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from train import activation_checkpointing, packing, throughput
-from train.config import Checkpointing, PeftMethod, Precision, ScionConfig
+from train.config import Checkpointing, PeftMethod, Precision, ScionConfig, typed_command
+from train.console import quiet_console
 from train.data import PreparedData, prepare_data
 from train.errors import Preempted, ScionError
 from train.model import (BaseModel, add_adapter, check_target_modules, default_lora_targets, load_model, load_tokenizer,
@@ -100,6 +101,20 @@ def report_data(data: PreparedData) -> None:
             print(f"warning: data[{split}]: {s.duplicates} duplicate examples ({'; '.join(s.duplicate_examples)})", flush=True)
 
 
+def checkpointing_argument() -> str:
+    """The TrainingArguments field that switches activation checkpointing, on this transformers.
+
+    Newer releases name it `activation_checkpointing` and warn on the old `gradient_checkpointing`
+    (a deprecated alias kept until v6); older supported releases only know the old name.
+    """
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, padding_free_ok: bool = True):
     from trl import SFTConfig
 
@@ -122,7 +137,7 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, pa
         max_grad_norm=t.max_grad_norm,
         bf16=t.precision == Precision.bf16,
         fp16=t.precision == Precision.fp16,
-        gradient_checkpointing=False,  # Scion's own policy, enabled in _train_in (train/activation_checkpointing.py)
+        **{checkpointing_argument(): False},  # Scion's own policy, enabled in _train_in (train/activation_checkpointing.py)
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must show in the logs (pitfalls.md #4)
         save_strategy="steps",
@@ -212,6 +227,7 @@ def plan_training(config: ScionConfig) -> TrainingPlan:
     """Preflight, first part: config values, device, the base's files and LoRA targets (no weights)."""
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    quiet_console(quantized_on_cpu=config.peft.method == PeftMethod.qlora)
     check_config(config)
     device = pick_device(config)
     base = resolve_base(config.model)
@@ -253,6 +269,17 @@ def train(config: ScionConfig) -> TrainResult:
     plan = plan_training(config)
     load_training_data(plan)
     return run_training(plan)
+
+
+def run_summary(metrics: dict[str, Any], seconds: float, run_dir: Path) -> str:
+    """The one line that ends training: time, steps, losses, speed and where the run is."""
+    parts = [f"{metrics['global_step']} steps", f"train loss {metrics['train_loss']:.4f}"]
+    if "eval_loss" in metrics:
+        parts.append(f"eval loss {metrics['eval_loss']:.4f}")
+    parts.append(f"{metrics['tokens_per_second']:,.0f} tokens/s")
+    if metrics.get("mfu") is not None:
+        parts.append(f"MFU {metrics['mfu']:.1%}")
+    return f"done in {seconds:.0f}s: {', '.join(parts)}; run saved to {run_dir}"
 
 
 def resume_fingerprint(config: ScionConfig, base: BaseModel, data: PreparedData) -> dict[str, Any]:
@@ -356,7 +383,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     run = {
         "scion_run_version": 1,
         "recipe": config.recipe_name,
-        "command": " ".join(["python", "train.py", *sys.argv[1:]]),
+        "command": typed_command(),  # as typed: recipe=<file> stays the file, not Hydra's internal name
         "base": base.to_dict(),
         "peft": {"method": config.peft.method.value, "r": config.peft.r, "alpha": config.peft.alpha,
                  "target_modules": default_lora_targets(base, config.peft)},
@@ -379,5 +406,5 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         },
     }
     write_json_atomic(run_dir / RUN_FILE, run)
-    print(f"done in {finished - started:.0f}s: train loss {metrics['train_loss']:.4f}; run saved to {run_dir}", flush=True)
+    print(run_summary(metrics, finished - started, run_dir), flush=True)
     return TrainResult(run_dir=run_dir, model=trainer.model, tokenizer=tokenizer, run=run)
