@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import write_jsonl
 from train.config import DataConfig, Truncation
-from train.data import prepare_data, tokenize_conversation
+from train.data import tokenize_conversation
+from train.mixture import prepare_data
 from train.errors import ScionError
 
 IM_START, IM_END, ENDOFTEXT = 151644, 151645, 151643
