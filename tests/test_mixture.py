@@ -257,3 +257,15 @@ def test_the_total_loss_weights_each_source_by_its_tokens():
 
     total = combine_losses([LossResult(2.0, None, tokens=30, examples=3), LossResult(1.0, None, tokens=10, examples=2)])
     assert (total.loss, total.tokens, total.examples) == (pytest.approx(1.75), 40, 5)
+
+
+def test_the_shipped_mixture_recipe_reads_two_formats_with_a_per_source_eval_split():
+    from train.config import compose_config, register_configs, to_scion_config
+
+    register_configs()
+    config = to_scion_config(compose_config(["recipe=quickstart_mixture"]))
+    rows = split_rows(config.data, seed=config.trainer.seed)
+    assert [(part.name, part.format.value, part.spec.weight) for part in rows.train] == [
+        ("train.jsonl", "messages", 1.0), ("sharegpt.jsonl", "messages", 2.0)]
+    # 10% of 320 and of 29 rows held out: 32 and 3.
+    assert [(name, len(held)) for name, _, held in rows.eval_parts()] == [("train.jsonl", 32), ("sharegpt.jsonl", 3)]

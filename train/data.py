@@ -1,7 +1,9 @@
 """Load chat data, check every row, and turn it into token ids with an assistant-only label mask.
 
-Formats (one per file, detected from its first row unless `data.format` says; the eval file may differ
-from the train file):
+This module reads one source; train/mixture.py composes several (data.train as a list) from it.
+
+Formats (one per source, detected from its first row unless the source or `data.format` says; every
+source of a mixture may use its own):
 - messages:           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
                       (content may also be a list of {"type": "text", "text": str} parts)
                       (ShareGPT's {"conversations": [{"from": "human"|"gpt", "value": ...}]} is mapped)
