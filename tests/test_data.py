@@ -204,5 +204,5 @@ def test_unreachable_hub_dataset_is_one_clear_line(tmp_path, qwen2_5_tokenizer, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ScionError, match=r"^data: cannot load Hub dataset 'someone/no-such-data' \(split 'train'\)"):
+    with pytest.raises(ScionError, match=r"^data.train: cannot load Hub dataset 'someone/no-such-data' \(split 'train'\)"):
         prepare_data(DataConfig(train="someone/no-such-data"), qwen2_5_tokenizer)

@@ -128,9 +128,10 @@ def test_max_rows_keeps_the_first_rows(two_files, qwen2_5_tokenizer):
 def test_duplicates_across_sources_and_formats_are_counted(two_files, qwen2_5_tokenizer):
     chats, share = two_files
     data = prepare_data(mixture([str(chats), str(share)]), qwen2_5_tokenizer)
-    assert data.stats["train"].duplicates == 1
-    assert data.stats["train"].duplicate_examples == [f"{share}:1 repeats {chats}:2 (another source)"]
-    assert "warning: data[train]: 1 duplicate examples" in "\n".join(report_lines(data))
+    assert data.stats["train"].duplicates == 1 and data.cross_source_duplicates == 1
+    report = "\n".join(report_lines(data))
+    assert "warning: data[train]: 1 duplicate examples" in report
+    assert f"warning: data[train]: 1 of the duplicates repeat another source ({share}:1 repeats {chats}:2)" in report
 
 
 def test_bad_rows_of_several_sources_come_in_one_report(tmp_path, qwen2_5_tokenizer):

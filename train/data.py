@@ -113,7 +113,8 @@ def _read_with_datasets(kind: str, path: Path) -> list[Row]:
     return [Row(item, f"{path} row {i + 1}") for i, item in enumerate(ds)]
 
 
-def _read_hub_dataset(dataset_id: str, split: str, revision: str | None = None) -> tuple[list[Row], dict[str, Any]]:
+def _read_hub_dataset(dataset_id: str, split: str, revision: str | None = None,
+                      key: str = "data") -> tuple[list[Row], dict[str, Any]]:
     import datasets
 
     try:
@@ -121,7 +122,7 @@ def _read_hub_dataset(dataset_id: str, split: str, revision: str | None = None) 
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         at = f" at revision '{revision}'" if revision else ""
-        raise ScionError(f"data: cannot load Hub dataset '{dataset_id}' (split '{split}'{at}): {first}") from None
+        raise ScionError(f"{key}: cannot load Hub dataset '{dataset_id}' (split '{split}'{at}): {first}") from None
     rows = [Row(item, f"{dataset_id}[{split}] row {i + 1}") for i, item in enumerate(ds)]
     return rows, {"source": dataset_id, "split": split, "revision": revision, "commit": _dataset_commit(ds),
                   "fingerprint": ds._fingerprint, "rows": len(rows)}
@@ -153,7 +154,7 @@ def read_rows(source: str, split: str, key: str, revision: str | None = None) ->
         raise ScionError(f"{key}: {path} is a directory; give a data file")
     if _looks_like_path(source):
         raise ScionError(f"{key}: data file not found: {source}")
-    return _read_hub_dataset(source, split, revision)
+    return _read_hub_dataset(source, split, revision, key)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from train.config import HUB_RECIPE, DataConfig, DataFormat
 from train.data import (
-    MAX_SHOWN, Row, SplitStats, conversation, detect_format, read_rows, tokenize_rows,
+    LOCAL_SUFFIXES, MAX_SHOWN, Row, SplitStats, conversation, detect_format, read_rows, tokenize_rows,
 )
 from train.errors import ScionError
 
@@ -73,6 +73,8 @@ class PreparedData:
     eval: Any | None
     stats: dict[str, SplitStats] = field(default_factory=dict)  # "train" (the mixture) and "eval" totals
     sources: list[dict[str, Any]] = field(default_factory=list)  # provenance and figures, for run.json
+    cross_source_duplicates: int = 0  # train rows repeating a row of an earlier source (in stats["train"].duplicates too)
+    cross_source_examples: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,26 +140,35 @@ def display_name(spec: SourceSpec) -> str:
 
 
 def is_local(spec: SourceSpec) -> bool:
+    """A local file (present or not), as read_rows tells them from Hub ids."""
     path = Path(spec.path).expanduser()
-    return path.exists() or spec.path.startswith((".", "/", "~")) or path.suffix.lower() in (".json", ".jsonl", ".parquet", ".csv")
+    return path.exists() or spec.path.startswith((".", "/", "~")) or path.suffix.lower() in LOCAL_SUFFIXES
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading every source, and the eval split
 # ---------------------------------------------------------------------------------------------
-def _missing_local_hint(spec: SourceSpec, specs: list[SourceSpec], what: str) -> str:
+def _override_entry(spec: SourceSpec) -> str:
+    """A source written as a Hydra override value, a local file as a placeholder to fill in."""
+    path = f"<your copy of {Path(spec.path).name}>" if is_local(spec) else spec.path
+    settings = [f"path:'{path}'"]
+    if not is_local(spec):
+        settings.append(f"split:{spec.split}")
+    if spec.revision:
+        settings.append(f"revision:{spec.revision}")
+    if spec.weight != 1.0:
+        settings.append(f"weight:{spec.weight}")
+    if spec.max_rows is not None:
+        settings.append(f"max_rows:{spec.max_rows}")
+    return "{" + ",".join(settings) + "}" if len(settings) > 1 else f"'{path}'"
+
+
+def _missing_local_hint(spec: SourceSpec, specs: list[SourceSpec]) -> str:
     """For a recipe from the Hub: which local file to supply, and the override that supplies it."""
-    entries = []
-    for other in specs:
-        path = f"<your copy of {Path(other.path).name}>" if is_local(other) else other.path
-        extras = {k: v for k, v in (("split", other.split if not is_local(other) else None), ("revision", other.revision),
-                                    ("weight", other.weight if other.weight != 1 else None), ("max_rows", other.max_rows))
-                  if v is not None}
-        entries.append("{" + ",".join([f"path:'{path}'"] + [f"{k}:{v}" for k, v in extras.items()]) + "}"
-                       if extras else f"'{path}'")
     key = spec.key.split("[")[0]
     return (f"{spec.key}: the recipe from hub:{HUB_RECIPE[-1]} trains on the local file {Path(spec.path).name}, "
-            f"which is not published and not on this machine ({what}); supply it with \"{key}=[{','.join(entries)}]\"")
+            f"which is not published and not on this machine; supply it with "
+            f"\"{key}=[{','.join(_override_entry(s) for s in specs)}]\"")
 
 
 def read_source(spec: SourceSpec, role: str, specs: list[SourceSpec]) -> tuple[list[Row], DataFormat, dict[str, Any]]:
@@ -166,7 +177,7 @@ def read_source(spec: SourceSpec, role: str, specs: list[SourceSpec]) -> tuple[l
         rows, provenance = read_rows(spec.path, spec.split, spec.key, spec.revision)
     except ScionError as e:
         if HUB_RECIPE and is_local(spec) and not Path(spec.path).expanduser().exists():
-            raise ScionError(_missing_local_hint(spec, specs, "data file not found")) from None
+            raise ScionError(_missing_local_hint(spec, specs)) from None
         raise e
     if not rows:
         raise ScionError(f"{spec.key}: {spec.path} is empty")
@@ -261,20 +272,23 @@ def weighted_indices(n: int, weight: float, rng: random.Random) -> list[int]:
     return [i for _ in range(whole) for i in range(n)] + sorted(rng.sample(range(n), extra))
 
 
-def _cross_source_duplicates(parts: list[SourceRows], cfg: DataConfig, stats: SplitStats) -> None:
-    """Count train rows that repeat a row of an earlier source (the same conversation after reading)."""
+def cross_source_duplicates(parts: list[SourceRows], cfg: DataConfig) -> tuple[int, list[str]]:
+    """How many train rows repeat a row of an earlier source (the same conversation once read,
+    whatever the formats), and the first few of them."""
     first_seen: dict[str, str] = {}
+    count, shown = 0, []
     for part in parts:
         local: dict[str, str] = {}
         for row in part.train:
             key = json.dumps(conversation(row, part.format, cfg), sort_keys=True)
             if key in first_seen:
-                stats.duplicates += 1
-                if len(stats.duplicate_examples) < MAX_SHOWN:
-                    stats.duplicate_examples.append(f"{row.where} repeats {first_seen[key]} (another source)")
+                count += 1
+                if len(shown) < MAX_SHOWN:
+                    shown.append(f"{row.where} repeats {first_seen[key]}")
             local.setdefault(key, row.where)
         for key, where in local.items():
             first_seen.setdefault(key, where)
+    return count, shown
 
 
 def _tokenize_parts(parts, rows_of, tokenizer, cfg: DataConfig, desc: str, errors: list[str]):
@@ -325,8 +339,10 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
                                duplicates=stats.duplicates, mixture_examples=len(chosen),
                                mixture_trained_tokens=sum(sum(l != -100 for l in examples[i]["labels"]) for i in chosen))
         mixture += [examples[i] for i in chosen]
+    across = (0, [])
     if len(train_done) > 1:
-        _cross_source_duplicates([part for part, _, _ in train_done], cfg, total)
+        across = cross_source_duplicates([part for part, _, _ in train_done], cfg)
+        total.duplicates += across[0]
     total.examples = len(mixture)  # the mixture, after weights
     total.tokens = sum(len(e["input_ids"]) for e in mixture)
     total.trained_tokens = sum(p.provenance["mixture_trained_tokens"] for p, _, _ in train_done)
@@ -348,6 +364,8 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
         eval=datasets.Dataset.from_list(evals) if evals else None,
         stats=stats,
         sources=rows.sources,
+        cross_source_duplicates=across[0],
+        cross_source_examples=across[1],
     )
 
 
@@ -363,7 +381,11 @@ def report_lines(data: PreparedData) -> list[str]:
             line += f"; {s.truncated} truncated, {s.dropped_too_long} dropped as too long"
         lines.append(line)
         if s.duplicates:
-            lines.append(f"warning: data[{split}]: {s.duplicates} duplicate examples ({'; '.join(s.duplicate_examples)})")
+            shown = f" ({'; '.join(s.duplicate_examples)})" if s.duplicate_examples else ""
+            lines.append(f"warning: data[{split}]: {s.duplicates} duplicate examples{shown}")
+    if data.cross_source_duplicates:
+        lines.append(f"warning: data[train]: {data.cross_source_duplicates} of the duplicates repeat another source "
+                     f"({'; '.join(data.cross_source_examples)})")
     train = [s for s in data.sources if s.get("role") == "train"]
     if len(train) > 1 or any(s.get("weight", 1.0) != 1.0 for s in train):
         lines += mixture_table(train)
