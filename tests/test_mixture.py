@@ -270,3 +270,20 @@ def test_the_shipped_mixture_recipe_reads_two_formats_with_a_per_source_eval_spl
         ("train.jsonl", "messages", 1.0), ("sharegpt.jsonl", "messages", 2.0)]
     # 10% of 320 and of 29 rows held out: 32 and 3.
     assert [(name, len(held)) for name, _, held in rows.eval_parts()] == [("train.jsonl", 32), ("sharegpt.jsonl", 3)]
+
+
+def test_train_py_from_a_hub_recipe_names_the_local_source_to_supply(hub_server, tmp_path):
+    from huggingface_hub import HfApi
+
+    recipe = {"data": {"train": [str(REPO_ROOT / "data/quickstart/train.jsonl"),
+                                 {"path": "/home/alice/private/support.jsonl", "weight": 2}], "eval": None}}
+    api = HfApi()
+    api.create_repo("me/mix")
+    api.upload_file(path_or_fileobj=json.dumps(recipe).encode(), path_in_repo="recipe.yaml", repo_id="me/mix")
+    result = run_script("train.py", "recipe=hub:me/mix", f"trainer.output_dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data.train[1]: the recipe from hub:me/mix trains on the local file support.jsonl, which is not published "
+        "and not on this machine; supply it with \"data.train=['<your copy of train.jsonl>',"
+        "{path:'<your copy of support.jsonl>',weight:2.0}]\"")
+    assert not (tmp_path / "run").exists()

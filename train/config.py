@@ -250,6 +250,7 @@ def register_recipe_file(argv: list[str]) -> list[str]:
     """
     from hydra.core.config_store import ConfigStore
 
+    HUB_RECIPE.clear()
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")
