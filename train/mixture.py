@@ -231,9 +231,8 @@ def split_rows(cfg: DataConfig, seed: int = 42) -> SplitRows:
     train_read, eval_read = _read_all(train_specs, "train", errors), _read_all(eval_specs, "eval", errors)
     raise_collected(errors)
 
-    names = _unique_names([p["name"] for _, _, _, p in train_read] + [p["name"] for _, _, _, p in eval_read])
     train_parts, eval_parts, sources = [], [], []
-    for (spec, rows, fmt, provenance), name in zip(train_read, names):
+    for (spec, rows, fmt, provenance), name in zip(train_read, _unique_names([p["name"] for *_, p in train_read])):
         held: list[Row] = []
         if not eval_specs and cfg.eval_ratio > 0:
             rows, held = hold_out(rows, cfg.eval_ratio, seed)
@@ -244,7 +243,7 @@ def split_rows(cfg: DataConfig, seed: int = 42) -> SplitRows:
             sources.append({"source": provenance["source"], "name": name, "role": "eval", "key": spec.key,
                             "split_from_train": cfg.eval_ratio, "seed": seed, "rows": len(held), "format": fmt.value,
                             "train_fingerprint": provenance.get("sha256") or provenance.get("fingerprint")})
-    for (spec, rows, fmt, provenance), name in zip(eval_read, names[len(train_read):]):
+    for (spec, rows, fmt, provenance), name in zip(eval_read, _unique_names([p["name"] for *_, p in eval_read])):
         provenance["name"] = name
         eval_parts.append(SourceRows(spec, name, fmt, [], rows, provenance))
         sources.append(provenance)
