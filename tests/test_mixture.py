@@ -202,7 +202,8 @@ def test_resume_refuses_a_changed_mixture(two_files, qwen2_5_tokenizer, tmp_path
 
 # ---- a Hub dataset beside two local files: train, evaluate per source, card -----------------------
 @pytest.mark.slow
-def test_two_local_formats_and_a_hub_dataset_train_evaluate_and_reach_the_card(two_files, tmp_path, hub_server):
+def test_two_local_formats_and_a_hub_dataset_train_evaluate_and_reach_the_card(two_files, tmp_path, hub_server, monkeypatch):
+    import datasets
     import jsonschema
     import yaml
     from huggingface_hub import HfApi
@@ -214,6 +215,9 @@ def test_two_local_formats_and_a_hub_dataset_train_evaluate_and_reach_the_card(t
     from train.run import train
 
     chats, share = two_files
+    # `datasets` copies the endpoint when first imported, which earlier tests may have done.
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub_server.url)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     api = HfApi()
     api.create_repo("scion-test/pc", repo_type="dataset")
     rows = "".join(json.dumps({"prompt": f"Say {w}", "completion": w}) + "\n" for w in ("red", "blue", "green", "gold", "pink"))
