@@ -160,6 +160,7 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [f"{'metric':<{width}}  {'base':>10}  {'fine-tune':>10}  {'delta':>10}"]
     lines.append("-" * len(lines[0]))
     lines += [f"{label:<{width}}  {_fmt(b):>10}  {_fmt(f):>10}  {_fmt(d, True):>10}" for label, b, f, d in rows]
+    lines += source_table(results)
     for skipped in results["harness"]["skipped"]:
         lines.append(f"harness {skipped['task']}: skipped, {skipped['reason']}")
     for sample in results["samples"]:
@@ -172,3 +173,27 @@ def format_table(results: dict[str, Any]) -> str:
         ]
     lines += [f"warning: {w}" for w in results["warnings"]]
     return "\n".join(lines)
+
+
+def source_table(results: dict[str, Any]) -> list[str]:
+    """With several eval sources: each metric of the fine-tune (and its delta against the base)
+    on every source beside the total, so a regression on one part of the mixture shows."""
+    by_source = results.get("by_source") or {}
+    if not by_source:
+        return []
+    columns = {"total": results["metrics"], **by_source}
+    counts = {s["name"]: s["examples"] for s in results["data"].get("sources", [])}
+    heads = [f"{name} ({counts[name]})" if name in counts else f"{name} ({results['data']['examples']})" for name in columns]
+    rows = []
+    for metric, values in results["metrics"].items():
+        cells = [columns[name].get(metric, {}) for name in columns]
+        rows.append((values["label"], [f"{_fmt(c.get('finetune'))} ({_fmt(c.get('delta'), True)})" if c else "-" for c in cells]))
+    label_width = max(len("metric"), *(len(label) for label, _ in rows))
+    widths = [max(len(h), *(len(cells[i]) for _, cells in rows)) for i, h in enumerate(heads)]
+
+    def line(label, cells):
+        return "  ".join([f"{label:<{label_width}}"] + [f"{c:>{w}}" for c, w in zip(cells, widths)])
+
+    header = line("metric", heads)
+    return ["", "per source: fine-tune (delta against the base); examples in brackets", header, "-" * len(header)] + [
+        line(label, cells) for label, cells in rows]

@@ -13,6 +13,7 @@ harness task names) is checked before any weights are loaded.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -23,13 +24,13 @@ from typing import Any, Iterator, Optional
 
 from eval import harness
 from eval.config import apply_overrides, check_eval_config, load_recipe
-from eval.data import EvalSet, load_eval_set
+from eval.data import EvalSet, fingerprint, load_eval_set
 from eval.metrics import generation_metrics
 from eval.report import (
     EVAL_DIR, LOSS_PLOT, METRICS_PLOT, RESULTS_FILE, RESULTS_VERSION, SAMPLES_FILE, compare, compare_harness,
     format_table, plot_loss_curves, plot_metrics, warnings_for, write_results, write_samples,
 )
-from eval.scoring import assistant_loss, decoding_settings, encode_for_loss, generate_all, inference_mode
+from eval.scoring import LossResult, assistant_loss, decoding_settings, encode_for_loss, generate_all, inference_mode
 from train.config import EvalConfig, PeftMethod, ScionConfig
 from train.console import quiet_console
 from train.errors import ScionError
@@ -76,13 +77,17 @@ def load_run_model(run_dir: Path, recipe: ScionConfig):
 
 
 def data_summary(eval_set: EvalSet, run: dict[str, Any], max_examples: Optional[int], loss_examples: int, loss_tokens: int) -> dict[str, Any]:
-    source = eval_set.source
-    trained = next((s for s in run.get("data", {}).get("sources", []) if s.get("role") == "eval"), None)
-    matches = None
-    if trained is not None and (trained.get("sha256") or trained.get("fingerprint")):
-        matches = (trained.get("sha256") or trained.get("fingerprint")) == (source.get("sha256") or source.get("fingerprint"))
-    return {
-        **source,
+    run_sources = run.get("data", {}).get("sources", [])
+    trained = {s.get("name"): s for s in run_sources if s.get("role") == "eval"}
+    single = next(iter(trained.values()), None) if len(trained) == 1 else None  # run.json before mixtures: no names
+    checks = []
+    for source in eval_set.sources:
+        then = trained.get(source.get("name")) or (single if len(eval_set.sources) == 1 else None)
+        then_print = then and fingerprint(then, run_sources)
+        checks.append(None if not then_print else then_print == (source.get("sha256") or source.get("fingerprint")))
+    matches = None if None in checks else all(checks)
+    summary = {
+        **eval_set.source,
         "examples": len(eval_set.examples),
         "available": eval_set.available,
         "max_examples": max_examples,
@@ -90,19 +95,46 @@ def data_summary(eval_set: EvalSet, run: dict[str, Any], max_examples: Optional[
         "loss_tokens": loss_tokens,
         "matches_training": matches,
     }
+    if len(eval_set.sources) > 1:
+        counts = {name: sum(e.source == name for e in eval_set.examples) for name in source_names(eval_set)}
+        summary["sources"] = [{**s, "examples": counts[s["name"]]} for s in eval_set.sources]
+    return summary
+
+
+def source_names(eval_set: EvalSet) -> list[str]:
+    """The eval sources in config order; one name (or none) means there is no per-source table."""
+    return [s["name"] for s in eval_set.sources]
 
 
 def score(model, tokenizer, eval_set: EvalSet, encoded, cfg: EvalConfig, plan, variant: str) -> dict[str, Any]:
-    """Loss, generations, generation metrics and harness results of one variant."""
+    """Loss, generations, generation metrics and harness results of one variant.
+
+    `encoded` maps each source name to its conversations encoded for the loss. With several
+    sources, every metric is also computed on each source's examples alone ("by_source"); the
+    total loss is the token-weighted mean of the sources' losses, as if computed at once.
+    """
     started = time.time()
     label = "base" if variant == "base" else "fine-tune"
-    loss = assistant_loss(model, encoded, tokenizer.pad_token_id, cfg.batch_size, desc=f"loss {label}")
+    losses = {name: assistant_loss(model, rows, tokenizer.pad_token_id, cfg.batch_size, desc=f"loss {label} {name}")
+              for name, rows in encoded.items() if rows}
+    loss = combine_losses(list(losses.values()))
     generations = generate_all(model, tokenizer, [e.prompt for e in eval_set.examples], cfg, desc=f"generate {label}")
     metrics, per_example = generation_metrics(generations, [e.reference for e in eval_set.examples])
+    by_source = {}
+    if len(encoded) > 1:
+        for name in encoded:
+            picked = [i for i, e in enumerate(eval_set.examples) if e.source == name]
+            if not picked:
+                continue
+            part, _ = generation_metrics([generations[i] for i in picked], [eval_set.examples[i].reference for i in picked])
+            part_loss = losses.get(name)
+            by_source[name] = {"loss": part_loss.loss if part_loss else None,
+                               "perplexity": part_loss.perplexity if part_loss else None, **part}
     scored = time.time()
     harness_results = harness.run(plan, model, tokenizer, cfg) if plan and plan.tasks else {}
     return {
         "metrics": {"loss": loss.loss, "perplexity": loss.perplexity, **metrics},
+        "by_source": by_source,
         "loss": loss,
         "generations": generations,
         "per_example": per_example,
@@ -110,6 +142,16 @@ def score(model, tokenizer, eval_set: EvalSet, encoded, cfg: EvalConfig, plan, v
         "seconds": round(scored - started, 2),
         "harness_seconds": round(time.time() - scored, 2),
     }
+
+
+def combine_losses(losses: list[LossResult]) -> LossResult:
+    """The loss over all tokens of several parts: each part's mean weighted by its token count."""
+    if len(losses) == 1:
+        return losses[0]
+    tokens = sum(part.tokens for part in losses)
+    loss = sum(part.loss * part.tokens for part in losses) / max(tokens, 1)
+    return LossResult(loss=loss, perplexity=math.exp(loss) if loss < 700 else None, tokens=tokens,
+                      examples=sum(part.examples for part in losses))
 
 
 def samples(eval_set: EvalSet, scores: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,6 +179,8 @@ def build_results(run_dir: Path, run: dict[str, Any], recipe: ScionConfig, cfg: 
         "data": data,
         "decoding": decoding_settings(cfg, tokenizer),
         "metrics": metrics,
+        "by_source": {name: compare(scores["base"]["by_source"][name], scores["finetune"]["by_source"][name])
+                      for name in scores["finetune"]["by_source"]},
         "harness": {
             "tasks": list(cfg.harness.tasks),
             "settings": harness.settings(cfg.harness) if plan else None,
@@ -183,7 +227,9 @@ def evaluate_run(run_dir, config: EvalConfig | None = None, model=None, tokenize
         from train.model import load_tokenizer, resolve_base
 
         tokenizer = load_tokenizer(resolve_base(recipe.model), recipe.model)
-    encoded = encode_for_loss([e.messages for e in eval_set.examples], [e.where for e in eval_set.examples], tokenizer, recipe.data)
+    encoded = {name: encode_for_loss([e.messages for e in eval_set.examples if e.source == name],
+                                     [e.where for e in eval_set.examples if e.source == name], tokenizer, recipe.data)
+               for name in source_names(eval_set)}
     print(f"eval: {len(eval_set.examples)} held-out examples from {eval_set.source.get('source')}, "
           f"{'sampling' if cfg.do_sample else 'greedy'}, max_new_tokens={cfg.max_new_tokens}, "
           f"on {next(model.parameters()).device}", flush=True)

@@ -63,7 +63,10 @@ def eval_results(results: Optional[dict[str, Any]], model_name: str) -> list:
     if not results:
         return []
     data = results.get("data", {})
-    name = source_name(data) if data.get("source") else "held-out split"
+    if data.get("sources"):  # several eval sources: the results are of the mixture as a whole
+        name, hub = "held-out mixture", False
+    else:
+        name, hub = (source_name(data) if data.get("source") else "held-out split"), is_hub_source(data)
     entries = []
     for metric, values in sorted(results.get("metrics", {}).items()):
         value = values.get("finetune") if isinstance(values, dict) else None
@@ -71,7 +74,7 @@ def eval_results(results: Optional[dict[str, Any]], model_name: str) -> list:
             continue
         entries.append(EvalResult(
             task_type="text-generation",
-            dataset_type=name if is_hub_source(data) else "custom",
+            dataset_type=name if hub else "custom",
             dataset_name=name,
             dataset_split=data.get("split"),
             metric_type=metric,
@@ -90,6 +93,24 @@ def source_name(source: dict[str, Any]) -> str:
     from pathlib import Path
 
     return source["source"] if is_hub_source(source) else Path(source["source"]).name
+
+
+def source_line(s: dict[str, Any]) -> str:
+    """One data source in the card: a Hub dataset with its split and pinned commit, a local file
+    with its row count and sha256; train sources with their weight and share of the mixture."""
+    details = [s.get("role", "train"), f"{s.get('rows', '?')} rows"]
+    if "split_from_train" in s:
+        details.append(f"held out with eval_ratio {s['split_from_train']}, seed {s.get('seed')}")
+    elif is_hub_source(s):
+        details.append(f"split `{s.get('split', 'train')}`")
+        details.append(f"revision `{s.get('commit') or s.get('revision') or 'main (unpinned)'}`")
+    else:
+        details.append(f"sha256 `{s['sha256']}`")
+    if s.get("max_rows"):
+        details.append(f"first {s['max_rows']} rows")
+    if s.get("role") == "train" and "share" in s:
+        details.append(f"weight {s.get('weight', 1.0):g}, {100 * s['share']:.1f}% of the mixture")
+    return f"- `{s.get('name') or source_name(s)}` ({', '.join(details)})"
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -150,12 +171,7 @@ def build_card(
         ("precision", t["precision"]), ("seed", t["seed"]),
         ("loss", "assistant tokens only" if d["assistant_only_loss"] else "all tokens"),
     ])
-    sources = "\n".join(
-        f"- `{source_name(s)}` ({s['role']}, {s.get('rows', '?')} rows"
-        + (f", sha256 `{s['sha256'][:16]}…`" if "sha256" in s else "")
-        + (f", fingerprint `{s['fingerprint']}`" if "fingerprint" in s else "") + ")"
-        for s in run["data"]["sources"]
-    )
+    sources = "\n".join(source_line(s) for s in run["data"]["sources"])
     metrics = run.get("metrics", {})
     versions = ", ".join(f"{k} {v}" for k, v in sorted(run.get("versions", {}).items()))
     eval_section = ""
@@ -208,14 +224,25 @@ Framework versions: {versions}.
 
 
 def reproduce_section(repo_id: str, run: dict[str, Any]) -> str:
-    """How to train it again: `recipe=hub:` plus a data override for each local file not published."""
-    local = [(s["role"], source_name(s)) for s in run["data"]["sources"] if "sha256" in s]
-    command = f"python train.py recipe=hub:{repo_id}" + "".join(f" data.{role}=path/to/{name}" for role, name in local)
+    """How to train it again: `recipe=hub:` plus an override for each role whose local files are not published."""
+    sources = [s for s in run["data"]["sources"] if "split_from_train" not in s]
+    local = [s for s in sources if not is_hub_source(s)]
+    command = f"python train.py recipe=hub:{repo_id}"
+    for role in dict.fromkeys(s["role"] for s in local):
+        entries = [s for s in sources if s["role"] == role]
+        if len(entries) == 1:
+            command += f" data.{role}=path/to/{source_name(entries[0])}"
+        else:  # a mixture: the whole list, in order, with the local files replaced by your copies
+            listed = ",".join(source_name(s) if is_hub_source(s) else f"path/to/{source_name(s)}" for s in entries)
+            command += f' "data.{role}=[{listed}]"'
     text = "The full resolved recipe is in this repo as `recipe.yaml`. Train it again with\n"
     if local:
-        files = ", ".join(f"`{name}` (data.{role})" for role, name in local)
+        files = ", ".join(f"`{source_name(s)}` (data.{s['role']}, {s.get('rows', '?')} rows, sha256 `{s['sha256'][:16]}…`)"
+                          for s in local)
         text = (f"The full resolved recipe is in this repo as `recipe.yaml`. It trained on local files that are not "
-                f"published here: {files}. Give your copies on the command line:\n")
+                f"published here: {files}. Give your copies on the command line"
+                + (" (a list replaces the recipe's whole list: repeat each entry's weight there)" if len(local) < len(sources) or len(local) > 1 else "")
+                + ":\n")
     return text + f"```bash\n{command}\n```\nThe original command was `{run.get('command', 'python train.py')}`."
 
 

@@ -13,6 +13,7 @@ from train.config import ALL_LINEAR, PeftMethod, ScionConfig, compose_config, li
 
 EXPECTED_RECIPES = {
     "quickstart": ("tiny:qwen2", PeftMethod.lora),
+    "quickstart_mixture": ("tiny:qwen2", PeftMethod.lora),
     "qwen0.5b_lora": ("Qwen/Qwen2.5-0.5B-Instruct", PeftMethod.lora),
     "qwen1.5b_lora": ("Qwen/Qwen2.5-1.5B-Instruct", PeftMethod.lora),
     "qwen3b_lora": ("Qwen/Qwen2.5-3B-Instruct", PeftMethod.lora),
@@ -48,7 +49,7 @@ def test_every_recipe_composes_and_validates(recipe):
     assert config.peft.target_modules == expected_targets
     assert config.trainer.lr_scheduler == "cosine" and config.trainer.warmup_ratio > 0
     assert config.model.trust_remote_code is False
-    if recipe != "quickstart":
+    if not recipe.startswith("quickstart"):
         assert config.trainer.precision.value == "bf16"
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import write_jsonl
 from train.config import DataConfig, Truncation
-from train.data import prepare_data, tokenize_conversation
+from train.data import tokenize_conversation
+from train.mixture import prepare_data
 from train.errors import ScionError
 
 IM_START, IM_END, ENDOFTEXT = 151644, 151645, 151643
@@ -203,5 +204,5 @@ def test_unreachable_hub_dataset_is_one_clear_line(tmp_path, qwen2_5_tokenizer, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ScionError, match=r"^data: cannot load Hub dataset 'someone/no-such-data' \(split 'train'\)"):
+    with pytest.raises(ScionError, match=r"^data.train: cannot load Hub dataset 'someone/no-such-data' \(split 'train'\)"):
         prepare_data(DataConfig(train="someone/no-such-data"), qwen2_5_tokenizer)

@@ -97,14 +97,18 @@ class PeftConfig:
 
 @dataclass
 class DataConfig:
-    # A local .json/.jsonl/.parquet/.csv file or a Hub dataset id.
-    train: str = MISSING
-    # A held-out file or Hub id; null with eval_ratio > 0 splits it off the training data.
-    eval: Optional[str] = None
+    # One source or a list of them (a mixture, train/mixture.py). A source is a local
+    # .json/.jsonl/.parquet/.csv file or a Hub dataset id, or a mapping with `path` and any of
+    # format, split, revision (Hub), weight (rows repeated/sampled: 2 = twice, 0.5 = a seeded half)
+    # and max_rows (the first N rows). Typed Any: train/mixture.py checks it, naming the key.
+    train: Any = MISSING
+    # The same for held-out data (no weights); null with eval_ratio > 0 splits each train source.
+    eval: Any = None
     eval_ratio: float = 0.0
-    # Split to read from a Hub dataset (train) and for `eval` when it is a Hub id.
+    # Default split of Hub sources in data.train and data.eval (a source's own `split` wins).
     train_split: str = "train"
     eval_split: str = "test"
+    # Default format of every source (auto: detected per source from its first row).
     format: DataFormat = DataFormat.auto
     max_length: int = 2048
     truncation: Truncation = Truncation.truncate
@@ -281,6 +285,8 @@ def register_configs() -> None:
 
 # Recipes given as a file path on the command line: generated name -> the path as given.
 FILE_RECIPES: dict[str, str] = {}
+# The repo of a `recipe=hub:<repo>` on this command line, if any: its local data files must be supplied.
+HUB_RECIPE: list[str] = []
 
 # The arguments as the user typed them, before register_recipe_file rewrites `recipe=<file>` to an
 # internal name: what run.json and the model card record as the command (None: not from train.py).
@@ -314,10 +320,12 @@ def register_recipe_file(argv: list[str]) -> list[str]:
 
     global TYPED_ARGS
     TYPED_ARGS = list(argv)
+    HUB_RECIPE.clear()
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")
         if key == "recipe" and value.startswith("hub:"):  # the recipe.yaml published beside a model
+            HUB_RECIPE.append(value[len("hub:"):])
             path = download_hub_recipe(value[len("hub:"):])
             check_hub_recipe_data(arg, OmegaConf.load(path), argv)
             value = str(path)

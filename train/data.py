@@ -1,7 +1,9 @@
 """Load chat data, check every row, and turn it into token ids with an assistant-only label mask.
 
-Formats (one per file, detected from its first row unless `data.format` says; the eval file may differ
-from the train file):
+This module reads one source; train/mixture.py composes several (data.train as a list) from it.
+
+Formats (one per source, detected from its first row unless the source or `data.format` says; every
+source of a mixture may use its own):
 - messages:           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
                       (content may also be a list of {"type": "text", "text": str} parts)
                       (ShareGPT's {"conversations": [{"from": "human"|"gpt", "value": ...}]} is mapped)
@@ -74,14 +76,6 @@ class SplitStats:
     with_reasoning: int = 0  # examples with an assistant turn that carries reasoning
 
 
-@dataclass
-class PreparedData:
-    train: Any  # datasets.Dataset with input_ids, labels
-    eval: Any | None
-    stats: dict[str, SplitStats] = field(default_factory=dict)
-    sources: list[dict[str, Any]] = field(default_factory=list)  # provenance for run.json
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading rows, with their location
 # ---------------------------------------------------------------------------------------------
@@ -128,19 +122,31 @@ def _read_with_datasets(kind: str, path: Path) -> list[Row]:
     return [Row(item, f"{path} row {i + 1}") for i, item in enumerate(ds)]
 
 
-def _read_hub_dataset(dataset_id: str, split: str) -> tuple[list[Row], dict[str, Any]]:
+def _read_hub_dataset(dataset_id: str, split: str, revision: str | None = None,
+                      key: str = "data") -> tuple[list[Row], dict[str, Any]]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(dataset_id, split=split)
+        ds = datasets.load_dataset(dataset_id, split=split, revision=revision)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ScionError(f"data: cannot load Hub dataset '{dataset_id}' (split '{split}'): {first}") from None
+        at = f" at revision '{revision}'" if revision else ""
+        raise ScionError(f"{key}: cannot load Hub dataset '{dataset_id}' (split '{split}'{at}): {first}") from None
     rows = [Row(item, f"{dataset_id}[{split}] row {i + 1}") for i, item in enumerate(ds)]
-    return rows, {"source": dataset_id, "split": split, "fingerprint": ds._fingerprint, "rows": len(rows)}
+    return rows, {"source": dataset_id, "split": split, "revision": revision, "commit": _dataset_commit(ds),
+                  "fingerprint": ds._fingerprint, "rows": len(rows)}
 
 
-def read_rows(source: str, split: str, key: str) -> tuple[list[Row], dict[str, Any]]:
+def _dataset_commit(ds) -> str | None:
+    """The Hub commit a loaded dataset was read at: `datasets` names its cache folder after it."""
+    for cached in getattr(ds, "cache_files", None) or []:
+        folder = Path(cached.get("filename", "")).parent.name
+        if re.fullmatch(r"[0-9a-f]{40}", folder):
+            return folder
+    return None
+
+
+def read_rows(source: str, split: str, key: str, revision: str | None = None) -> tuple[list[Row], dict[str, Any]]:
     """Rows and provenance of a local file or Hub dataset. `key` names the config key in errors."""
     path = Path(source).expanduser()
     if path.is_file():
@@ -153,7 +159,7 @@ def read_rows(source: str, split: str, key: str) -> tuple[list[Row], dict[str, A
         raise ScionError(f"{key}: {path} is a directory; give a data file")
     if looks_like_path(source):
         raise ScionError(f"{key}: data file not found: {source}")
-    return _read_hub_dataset(source, split)
+    return _read_hub_dataset(source, split, revision, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,76 +454,9 @@ def _fit_example(row, messages, input_ids, labels, cfg: DataConfig, stats: Split
     return {"input_ids": input_ids, "labels": labels}
 
 
-@dataclass
-class SplitRows:
-    train: list[Row]
-    eval: list[Row]
-    format: DataFormat  # of the train rows
-    eval_format: DataFormat  # of the eval rows: a separate eval file may use another format
-    sources: list[dict[str, Any]]
-
-
-def split_rows(cfg: DataConfig, seed: int = 42) -> SplitRows:
-    """The raw train and eval rows described by `cfg` (eval from its own source or a seeded ratio)."""
-    if not 0.0 <= cfg.eval_ratio < 1.0:
-        raise ScionError(f"data.eval_ratio must be in [0, 1), got {cfg.eval_ratio}")
-    train_rows, train_source = read_rows(cfg.train, cfg.train_split, "data.train")
-    if not train_rows:
-        raise ScionError(f"data.train: {cfg.train} is empty")
-    fmt = cfg.format if cfg.format != DataFormat.auto else detect_format(train_rows[0])
-    sources = [dict(train_source, role="train", format=fmt.value)]
-
-    eval_rows: list[Row] = []
-    eval_fmt = fmt
-    if cfg.eval:
-        eval_rows, eval_source = read_rows(cfg.eval, cfg.eval_split, "data.eval")
-        if not eval_rows:
-            raise ScionError(f"data.eval: {cfg.eval} is empty")
-        if cfg.format == DataFormat.auto:
-            eval_fmt = detect_format(eval_rows[0])
-        sources.append(dict(eval_source, role="eval", format=eval_fmt.value))
-    elif cfg.eval_ratio > 0:
-        import random
-
-        order = list(range(len(train_rows)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, int(round(len(train_rows) * cfg.eval_ratio)))
-        held_out = set(order[:n_eval])
-        eval_rows = [r for i, r in enumerate(train_rows) if i in held_out]
-        train_rows = [r for i, r in enumerate(train_rows) if i not in held_out]
-        sources.append({"source": train_source["source"], "role": "eval", "split_from_train": cfg.eval_ratio,
-                        "seed": seed, "rows": n_eval, "format": fmt.value})
-    return SplitRows(train=train_rows, eval=eval_rows, format=fmt, eval_format=eval_fmt, sources=sources)
-
-
 def conversation(row: Row, fmt: DataFormat, cfg: DataConfig) -> list[dict[str, str]]:
     """The checked chat messages of a row, with data.system_prompt applied as in training."""
     messages = to_messages(row, fmt)
     if cfg.system_prompt is not None and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": cfg.system_prompt}] + messages
     return messages
-
-
-def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
-    """Read, check and tokenize the train (and eval) data described by `cfg`."""
-    import datasets
-
-    if cfg.max_length < 16:
-        raise ScionError(f"data.max_length must be at least 16, got {cfg.max_length}")
-    rows = split_rows(cfg, seed)
-    stats = {"train": SplitStats(cfg.train)}
-    train = tokenize_rows(rows.train, rows.format, tokenizer, cfg, stats["train"], "tokenizing train")
-    if not train:
-        raise ScionError(f"data.train: no example left after data.truncation=drop at max_length={cfg.max_length}")
-    evals = None
-    if rows.eval:
-        stats["eval"] = SplitStats(cfg.eval or f"{cfg.train} (eval_ratio={cfg.eval_ratio})")
-        evals = tokenize_rows(rows.eval, rows.eval_format, tokenizer, cfg, stats["eval"], "tokenizing eval")
-        if not evals:
-            raise ScionError(f"data.eval: no example left after data.truncation=drop at max_length={cfg.max_length}")
-    return PreparedData(
-        train=datasets.Dataset.from_list(train),
-        eval=datasets.Dataset.from_list(evals) if evals else None,
-        stats=stats,
-        sources=rows.sources,
-    )

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from train import activation_checkpointing, packing, throughput
 from train.config import Checkpointing, PeftMethod, Precision, ScionConfig, typed_command
 from train.console import quiet_console
-from train.data import PreparedData, prepare_data
+from train.mixture import PreparedData, prepare_data, report_lines
 from train.errors import Preempted, ScionError
 from train.model import (BaseModel, add_adapter, check_target_modules, default_lora_targets, load_model, load_tokenizer,
                          resolve_base)
@@ -91,14 +91,8 @@ def pick_device(config: ScionConfig) -> str:
 
 
 def report_data(data: PreparedData) -> None:
-    for split, s in data.stats.items():
-        line = (f"data[{split}]: {s.examples} examples, {s.tokens} tokens ({s.trained_tokens} trained), "
-                f"{s.with_reasoning} with reasoning, from {s.source}")
-        if s.truncated or s.dropped_too_long:
-            line += f"; {s.truncated} truncated, {s.dropped_too_long} dropped as too long"
+    for line in report_lines(data):
         print(line, flush=True)
-        if s.duplicates:
-            print(f"warning: data[{split}]: {s.duplicates} duplicate examples ({'; '.join(s.duplicate_examples)})", flush=True)
 
 
 def checkpointing_argument() -> str:
@@ -297,8 +291,17 @@ def resume_fingerprint(config: ScionConfig, base: BaseModel, data: PreparedData)
         "trainer.packing": config.trainer.packing,
         "trainer.seed": config.trainer.seed,
         "data.max_length": config.data.max_length,
-        "data.fingerprints": [s.get("sha256") or s.get("fingerprint") or s.get("source") for s in data.sources],
+        "data.sources": [source_fingerprint(s) for s in data.sources],
     }
+
+
+def source_fingerprint(source: dict[str, Any]) -> str:
+    """One data source as resuming compares it: role, name, content hash, and how it is used."""
+    content = source.get("sha256") or source.get("fingerprint") or source.get("train_fingerprint") or source.get("source")
+    used = {k: source.get(k) for k in ("split", "revision", "format", "weight", "max_rows", "split_from_train")
+            if source.get(k) is not None}
+    return " ".join([source.get("role", "?"), source.get("name") or str(source.get("source")), str(content)[:16]]
+                    + [f"{k}={v}" for k, v in used.items()])
 
 
 def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, started, started_at, data_done):

@@ -2,7 +2,9 @@
 
 Three small, learnable tasks in the chat `messages` format, some with a system prompt and some
 multi-turn, so that a tiny model visibly improves over its base in a few CPU minutes:
-sentiment labels, country capitals, and word reversal.
+sentiment labels, country capitals, and word reversal. sharegpt.jsonl holds a fourth task
+(spelling a word in capitals) in the ShareGPT format, the second source of the
+quickstart_mixture recipe.
 """
 
 import json
@@ -63,6 +65,11 @@ def main():
                 seen.add(row)
                 rows.append(row)
         (out / name).write_text("".join(r + "\n" for r in rows))
+    shouting = random.Random(99)  # its own generator: train.jsonl and eval.jsonl stay as they were
+    words = sorted(set(WORDS + [t for t in THINGS if " " not in t]))
+    rows = [{"conversations": [{"from": "human", "value": f"Write in capitals: {word}"}, {"from": "gpt", "value": word.upper()}]}
+            for word in shouting.sample(words, len(words))]
+    (out / "sharegpt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":
