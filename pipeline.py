@@ -16,6 +16,7 @@ from omegaconf.errors import MissingMandatoryValue
 from eval.run import evaluate_run
 from eval.run import preflight as preflight_eval
 from publish.run import preflight_publish, publish_run
+from train import distributed
 from train.config import FILE_RECIPES, ScionConfig, to_scion_config
 from train.errors import Preempted, ScionError
 from train.run import TrainResult, load_training_data, plan_training, run_training
@@ -27,6 +28,8 @@ def will_evaluate(config: ScionConfig) -> bool:
 
 
 def run_pipeline(config: ScionConfig) -> TrainResult:
+    # Under torchrun / accelerate launch every rank runs this; rank 0 alone prints, writes, evaluates, publishes.
+    distributed.quiet_other_ranks()
     # ---- Preflight: config, eval settings, the base's files, publish targets, every data row.
     if will_evaluate(config):
         preflight_eval(config)
@@ -39,6 +42,8 @@ def run_pipeline(config: ScionConfig) -> TrainResult:
 
     # ---- Train: the run directory, the adapter and run.json.
     result = run_training(plan)
+    if not distributed.is_main():
+        return result  # training is done and the process group left; rank 0 carries on alone
 
     # ---- Evaluate against the base (same split, prompts and decoding), reusing the model in memory.
     if will_evaluate(config):
@@ -60,12 +65,18 @@ def main_from_hydra(cfg: DictConfig) -> None:
         if choice not in FILE_RECIPES:  # a saved recipe.yaml keeps the name of the run it came from
             config.recipe_name = choice
         run_pipeline(config)
+    # Every rank fails alike (same checks, same data, or rank 0's error shared): one line from rank 0.
     except MissingMandatoryValue as e:
-        print(f"error: missing value for {e.full_key} (set it in the recipe or as {e.full_key}=...)", file=sys.stderr)
+        say(f"error: missing value for {e.full_key} (set it in the recipe or as {e.full_key}=...)")
         sys.exit(2)
     except ScionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         sys.exit(e.exit_code)
     except Preempted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        say(f"stopped: {e}")
         sys.exit(e.exit_code)
+
+
+def say(line: str) -> None:
+    if distributed.is_main():
+        print(line, file=sys.stderr, flush=True)
