@@ -139,6 +139,17 @@ def mean(value: float, device) -> float:
     return total.item() / world_size()
 
 
+def full_state_dict(model) -> dict:
+    """The whole (unsharded) state dict of an FSDP2 model, on rank 0's CPU; a collective: every rank calls it.
+
+    Saving an FSDP2 PeftModel as it is writes only the calling rank's shards (accelerate PR #4206).
+    The other ranks get an empty dict.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def leave_process_group() -> None:
     """Wait for every rank, then leave the group: rank 0 goes on to evaluate and publish alone."""
     if _group_ready():

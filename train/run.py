@@ -106,7 +106,7 @@ def distributed_kwargs(config: ScionConfig, model) -> dict[str, Any]:
     if not distributed.is_distributed() or config.trainer.distributed != Distributed.fsdp:
         return {"ddp_find_unused_parameters": False} if distributed.is_distributed() else {}
     layer = type(model.get_base_model().model.layers[0]).__name__
-    return {"fsdp": "full_shard auto_wrap",
+    return {"fsdp": True,
             "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                             "transformer_layer_cls_to_wrap": [layer], "state_dict_type": "FULL_STATE_DICT",
                             "reshard_after_forward": True}}
@@ -246,6 +246,9 @@ def plan_training(config: ScionConfig) -> TrainingPlan:
             f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
         )
     check_target_modules(base, config.peft)
+    if device == "cpu" and distributed.is_distributed() and config.trainer.distributed == Distributed.fsdp:
+        raise ScionError("trainer.distributed=fsdp needs GPUs: accelerate shards with FSDP2 only on GPUs and would train "
+                         "with plain DDP on the CPU; use trainer.distributed=ddp")
     return TrainingPlan(config=config, device=device, base=base, started=started, started_at=started_at)
 
 
@@ -352,6 +355,8 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         resume_fingerprint=fingerprint,
         keep_checkpoints=config.trainer.save_total_limit,
     )
+    if config.trainer.distributed == Distributed.fsdp and distributed.is_distributed() and not trainer.is_fsdp_enabled:
+        raise ScionError("trainer.distributed=fsdp: accelerate did not enable FSDP2 on this machine; use trainer.distributed=ddp")
     world = args.world_size
     engine = engine_name(config)
     global_batch = config.trainer.batch_size * config.trainer.gradient_accumulation_steps * world
@@ -390,7 +395,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     # ---- Save (rank 0): adapter, then run.json (the completion marker).
     sharded = trainer.is_fsdp_enabled
     # Under FSDP2 each rank holds a shard: gather the whole adapter (a collective: every rank calls it).
-    full_weights = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
+    full_weights = distributed.full_state_dict(trainer.model) if sharded else None
     if not distributed.is_main():
         distributed.leave_process_group()
         return TrainResult(run_dir=run_dir, model=None, tokenizer=tokenizer, run={})
