@@ -71,7 +71,7 @@ def check_config(config: ScionConfig) -> None:
             raise ScionError(f"trainer.report_to: unknown logger {target!r}; use tensorboard and/or wandb")
     if p.method == PeftMethod.qlora and t.precision == Precision.fp32:
         raise ScionError("peft.method=qlora computes in bf16; set trainer.precision=bf16")
-    if t.distributed == Distributed.fsdp and p.method == PeftMethod.qlora:
+    if wants_fsdp(config) and p.method == PeftMethod.qlora:
         raise ScionError("trainer.distributed=fsdp does not support peft.method=qlora (4-bit weights under FSDP2 give "
                          "wrong outputs or NaN upstream: bitsandbytes #1424, accelerate #3874); use trainer.distributed=ddp")
 
@@ -101,6 +101,11 @@ def report_data(data: PreparedData) -> None:
             print(f"warning: data[{split}]: {s.duplicates} duplicate examples ({'; '.join(s.duplicate_examples)})", flush=True)
 
 
+def wants_fsdp(config: ScionConfig) -> bool:
+    """trainer.distributed=fsdp, or an accelerate config / `accelerate launch --use_fsdp` (accelerate honours those)."""
+    return config.trainer.distributed == Distributed.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
 def distributed_kwargs(config: ScionConfig, model) -> dict[str, Any]:
     """TrainingArguments for several processes: DDP needs nothing more; FSDP2 shards each decoder layer."""
     if not distributed.is_distributed() or config.trainer.distributed != Distributed.fsdp:
@@ -112,10 +117,11 @@ def distributed_kwargs(config: ScionConfig, model) -> dict[str, Any]:
                             "reshard_after_forward": True}}
 
 
-def engine_name(config: ScionConfig) -> str:
-    if not distributed.is_distributed():
-        return "single"
-    return config.trainer.distributed.value
+def engine_name(trainer) -> str:
+    """What actually runs (accelerate may enable FSDP from its own config): single, ddp or fsdp."""
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    return "ddp" if distributed.is_distributed() else "single"
 
 
 def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, extra: dict[str, Any]):
@@ -246,7 +252,7 @@ def plan_training(config: ScionConfig) -> TrainingPlan:
             f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
         )
     check_target_modules(base, config.peft)
-    if device == "cpu" and distributed.is_distributed() and config.trainer.distributed == Distributed.fsdp:
+    if device == "cpu" and distributed.is_distributed() and wants_fsdp(config):
         raise ScionError("trainer.distributed=fsdp needs GPUs: accelerate shards with FSDP2 only on GPUs and would train "
                          "with plain DDP on the CPU; use trainer.distributed=ddp")
     return TrainingPlan(config=config, device=device, base=base, started=started, started_at=started_at)
@@ -358,7 +364,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     if config.trainer.distributed == Distributed.fsdp and distributed.is_distributed() and not trainer.is_fsdp_enabled:
         raise ScionError("trainer.distributed=fsdp: accelerate did not enable FSDP2 on this machine; use trainer.distributed=ddp")
     world = args.world_size
-    engine = engine_name(config)
+    engine = engine_name(trainer)
     global_batch = config.trainer.batch_size * config.trainer.gradient_accumulation_steps * world
     print(f"global batch: {global_batch} = batch_size {config.trainer.batch_size} x gradient_accumulation_steps "
           f"{config.trainer.gradient_accumulation_steps} x {world} process{'es' if world > 1 else ''} ({engine})", flush=True)
