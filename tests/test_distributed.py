@@ -196,6 +196,7 @@ def test_fsdp_refusals_name_the_alternative(monkeypatch):
     # What torchrun sets for each rank; the check runs in preflight, before any process group.
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     config = scion_config(["trainer.distributed=fsdp"])
     with pytest.raises(ScionError, match=r"trainer.distributed=fsdp needs GPUs.*use trainer.distributed=ddp"):
         plan_training(config)

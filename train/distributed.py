@@ -39,6 +39,11 @@ def is_distributed() -> bool:
     return world_size() > 1
 
 
+def launched() -> bool:
+    """Started by torchrun / accelerate launch, even with one process (which can still run FSDP2)."""
+    return "LOCAL_RANK" in os.environ
+
+
 _quieted = False
 
 

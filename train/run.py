@@ -108,8 +108,8 @@ def wants_fsdp(config: ScionConfig) -> bool:
 
 def distributed_kwargs(config: ScionConfig, model) -> dict[str, Any]:
     """TrainingArguments for several processes: DDP needs nothing more; FSDP2 shards each decoder layer."""
-    if not distributed.is_distributed() or config.trainer.distributed != Distributed.fsdp:
-        return {"ddp_find_unused_parameters": False} if distributed.is_distributed() else {}
+    if not distributed.launched() or config.trainer.distributed != Distributed.fsdp:
+        return {"ddp_find_unused_parameters": False} if distributed.launched() else {}
     layer = type(model.get_base_model().model.layers[0]).__name__
     return {"fsdp": True,
             "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
@@ -121,7 +121,7 @@ def engine_name(trainer) -> str:
     """What actually runs (accelerate may enable FSDP from its own config): single, ddp or fsdp."""
     if trainer.is_fsdp_enabled:
         return "fsdp"
-    return "ddp" if distributed.is_distributed() else "single"
+    return "ddp" if distributed.launched() else "single"
 
 
 def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, extra: dict[str, Any]):
@@ -252,7 +252,7 @@ def plan_training(config: ScionConfig) -> TrainingPlan:
             f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
         )
     check_target_modules(base, config.peft)
-    if device == "cpu" and distributed.is_distributed() and wants_fsdp(config):
+    if device == "cpu" and distributed.launched() and wants_fsdp(config):
         raise ScionError("trainer.distributed=fsdp needs GPUs: accelerate shards with FSDP2 only on GPUs and would train "
                          "with plain DDP on the CPU; use trainer.distributed=ddp")
     return TrainingPlan(config=config, device=device, base=base, started=started, started_at=started_at)
@@ -361,7 +361,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         resume_fingerprint=fingerprint,
         keep_checkpoints=config.trainer.save_total_limit,
     )
-    if config.trainer.distributed == Distributed.fsdp and distributed.is_distributed() and not trainer.is_fsdp_enabled:
+    if config.trainer.distributed == Distributed.fsdp and distributed.launched() and not trainer.is_fsdp_enabled:
         raise ScionError("trainer.distributed=fsdp: accelerate did not enable FSDP2 on this machine; use trainer.distributed=ddp")
     world = args.world_size
     engine = engine_name(trainer)
