@@ -52,8 +52,9 @@ class PreemptionCallback(TrainerCallback):
                 return
             os._exit(128 + signum)
         self.signal_received = signum
+        again = "press Ctrl-C again" if distributed.is_distributed() else "send it again"
         print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
-              "(send it again to stop at once)", flush=True)
+              f"({again} to stop at once)", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         # All ranks must save at the same step: a signal seen by any rank counts for all of them.
