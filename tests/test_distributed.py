@@ -111,7 +111,8 @@ def test_two_processes_train_what_one_process_trains(two_processes, one_process)
     run_dir, output = two_processes
     assert_same_run(run_dir, one_process)
     # Rank 0 alone prints and writes: one summary, one set of files.
-    assert output.count("run directory:") == 1 and output.count("done in") == 1
+    assert output.count("run directory:") == 1 and output.count("done in") == 1 and output.count("global batch:") == 1
+    assert output.count("data[train]:") == 1 and output.count("model: tiny:qwen2") == 1
     assert "global batch: 4 = batch_size 1 x gradient_accumulation_steps 2 x 2 processes (ddp)" in output
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "adapter", "checkpoints", "recipe.yaml", "run.json"]
     checkpoints = run_dir / "checkpoints"
@@ -237,3 +238,16 @@ def test_fsdp2_sharded_adapter_is_saved_whole(fsdp_saved, method):
     assert weights.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(weights[name], tensor)
+
+
+def test_speed_summary_gives_the_total_and_each_devices_share():
+    """tokens/s is the job's total; MFU is per device: 8 H100s at 800,000 tok/s in total run 100,000 each."""
+    from train.throughput import model_flops_per_token, run_speed_summary
+    from train.tiny import QWEN_ARCHITECTURES, tiny_config
+
+    arch, sizes = QWEN_ARCHITECTURES["Qwen/Qwen2.5-0.5B-Instruct"]
+    config = tiny_config(arch, **sizes)
+    summary = run_speed_summary(8_000_000, 10.0, config, "NVIDIA H100 80GB HBM3", world_size=8)
+    assert summary["tokens_per_second"] == 800_000.0 and summary["tokens_per_second_per_device"] == 100_000.0
+    per_device = 100_000.0 * model_flops_per_token(config) / 989e12
+    assert 0.1 < per_device < 1 and summary["mfu"] == round(per_device, 4)
