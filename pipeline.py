@@ -17,6 +17,7 @@ from eval.run import evaluate_run
 from eval.run import preflight as preflight_eval
 from publish.run import preflight_publish, publish_run
 from report.html import write_report
+from train import distributed
 from train.config import FILE_RECIPES, PeftMethod, ScionConfig, to_scion_config
 from train.console import quiet_console
 from train.errors import Preempted, ScionError
@@ -29,6 +30,8 @@ def will_evaluate(config: ScionConfig) -> bool:
 
 
 def run_pipeline(config: ScionConfig) -> TrainResult:
+    # Under torchrun / accelerate launch every rank runs this; rank 0 alone prints, writes, evaluates, publishes.
+    distributed.quiet_other_ranks()
     quiet_console(quantized_on_cpu=config.peft.method == PeftMethod.qlora)  # before eval's preflight imports
 
     # ---- Preflight: config, eval settings, the base's files, publish targets, every data row.
@@ -43,6 +46,8 @@ def run_pipeline(config: ScionConfig) -> TrainResult:
 
     # ---- Train: the run directory, the adapter and run.json.
     result = run_training(plan)
+    if not distributed.is_main():
+        return result  # training is done and the process group left; rank 0 carries on alone
 
     # ---- Evaluate against the base (same split, prompts and decoding), reusing the model in memory.
     if will_evaluate(config):
@@ -67,12 +72,18 @@ def main_from_hydra(cfg: DictConfig) -> None:
         if choice not in FILE_RECIPES:  # a saved recipe.yaml keeps the name of the run it came from
             config.recipe_name = choice
         run_pipeline(config)
+    # Every rank fails alike (same checks, same data, or rank 0's error shared): one line from rank 0.
     except MissingMandatoryValue as e:
-        print(f"error: missing value for {e.full_key} (set it in the recipe or as {e.full_key}=...)", file=sys.stderr)
+        say(f"error: missing value for {e.full_key} (set it in the recipe or as {e.full_key}=...)")
         sys.exit(2)
     except ScionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         sys.exit(e.exit_code)
     except Preempted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        say(f"stopped: {e}")
         sys.exit(e.exit_code)
+
+
+def say(line: str) -> None:
+    if distributed.is_main():
+        print(line, file=sys.stderr, flush=True)

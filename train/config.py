@@ -58,6 +58,12 @@ class Checkpointing(str, Enum):
     offload = "offload"  # full, with the kept layer inputs in pinned host memory
 
 
+class Distributed(str, Enum):
+    # Used when a launcher (torchrun, accelerate launch) starts several processes; one process ignores it.
+    ddp = "ddp"  # every rank holds the whole model; gradients are averaged (LoRA, DoRA, QLoRA)
+    fsdp = "fsdp"  # FSDP2: weights sharded across ranks, for a base too big for one GPU (LoRA, DoRA in bf16)
+
+
 class DataFormat(str, Enum):
     auto = "auto"  # detect from the columns of the first row
     messages = "messages"
@@ -147,6 +153,9 @@ class TrainerConfig:
     eval_steps: Optional[int] = None  # null: evaluate at the end only
     # [] (off), or any of tensorboard, wandb
     report_to: list[str] = field(default_factory=list)
+    # How several processes started by torchrun / accelerate launch share the work (README "Scale out").
+    # batch_size is per process: the global batch is batch_size x gradient_accumulation_steps x processes.
+    distributed: Distributed = Distributed.ddp
     # Allow CPU-only runs (tests, quickstart); a GPU is used whenever one is present.
     allow_cpu: bool = True
     # auto: continue from the newest complete checkpoint in output_dir (when output_dir already

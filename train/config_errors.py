@@ -56,7 +56,10 @@ def check_command_line(argv: list[str]) -> None:
     except MissingMandatoryValue:
         return  # reported with the exact key by pipeline.py, which knows the recipe in use
     except Exception as e:  # noqa: BLE001 - every composition failure becomes the one line below
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        from train.distributed import is_main
+
+        if is_main():  # under torchrun every rank checks the same command line; rank 0 says it once
+            print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -218,7 +218,8 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
             # Keep everything that is not quantised in bf16 (pitfalls.md #14: fp32 upcasts double memory).
             bnb_4bit_quant_storage=torch.bfloat16,
         )
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        # The current GPU: each rank's own under torchrun (accelerate set it to LOCAL_RANK), else GPU 0.
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base.local_dir, **kwargs)
     kernels.apply_fused_layer_kernels(model, device)  # Liger's RMSNorm/RoPE/SwiGLU on CUDA, when installed
     # Gated DeltaNet layers (Qwen3.5) restart their state at example boundaries in packed rows.

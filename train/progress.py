@@ -30,6 +30,8 @@ class ScionProgress(ProgressCallback):
             # NaN/inf stay visible: formatting them as numbers would hide a diverged run.
             shown = f"{loss:.4f}" if math.isfinite(loss) else str(loss)
             rate = f" tok/s={logs['tokens_per_second']:,.0f}" if "tokens_per_second" in logs else ""
+            if "tokens_per_second_per_device" in logs:  # several processes: the total, then each device's share
+                rate += f" ({logs['tokens_per_second_per_device']:,.0f}/device)"
             mfu = f" mfu={logs['mfu']:.1%}" if logs.get("mfu") is not None else ""
             self.training_bar.set_postfix_str(
                 f"loss={shown} lr={logs.get('learning_rate', 0):.2e}{rate}{mfu}", refresh=True

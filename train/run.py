@@ -28,8 +28,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from train import activation_checkpointing, packing, throughput
-from train.config import Checkpointing, PeftMethod, Precision, ScionConfig, typed_command
+from train import activation_checkpointing, distributed, packing, throughput
+from train.config import Checkpointing, Distributed, PeftMethod, Precision, ScionConfig, typed_command
 from train.console import quiet_console
 from train.mixture import PreparedData, prepare_data, report_lines
 from train.errors import Preempted, ScionError
@@ -73,6 +73,9 @@ def check_config(config: ScionConfig) -> None:
             raise ScionError(f"trainer.report_to: unknown logger {target!r}; use tensorboard and/or wandb")
     if p.method == PeftMethod.qlora and t.precision == Precision.fp32:
         raise ScionError("peft.method=qlora computes in bf16; set trainer.precision=bf16")
+    if wants_fsdp(config) and p.method == PeftMethod.qlora:
+        raise ScionError("trainer.distributed=fsdp does not support peft.method=qlora (4-bit weights under FSDP2 give "
+                         "wrong outputs or NaN upstream: bitsandbytes #1424, accelerate #3874); use trainer.distributed=ddp")
 
 
 def pick_device(config: ScionConfig) -> str:
@@ -109,7 +112,31 @@ def checkpointing_argument() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, padding_free_ok: bool = True):
+def wants_fsdp(config: ScionConfig) -> bool:
+    """trainer.distributed=fsdp, or an accelerate config / `accelerate launch --use_fsdp` (accelerate honours those)."""
+    return config.trainer.distributed == Distributed.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
+def distributed_kwargs(config: ScionConfig, model) -> dict[str, Any]:
+    """TrainingArguments for several processes: DDP needs nothing more; FSDP2 shards each decoder layer."""
+    if not distributed.launched() or config.trainer.distributed != Distributed.fsdp:
+        return {"ddp_find_unused_parameters": False} if distributed.launched() else {}
+    layer = type(model.get_base_model().model.layers[0]).__name__
+    return {"fsdp": True,
+            "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                            "transformer_layer_cls_to_wrap": [layer], "state_dict_type": "FULL_STATE_DICT",
+                            "reshard_after_forward": True}}
+
+
+def engine_name(trainer) -> str:
+    """What actually runs (accelerate may enable FSDP from its own config): single, ddp or fsdp."""
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    return "ddp" if distributed.launched() else "single"
+
+
+def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, extra: Optional[dict[str, Any]] = None,
+             padding_free_ok: bool = True):
     from trl import SFTConfig
 
     t = config.trainer
@@ -144,6 +171,7 @@ def sft_args(config: ScionConfig, run_dir: Path, device: str, has_eval: bool, pa
         include_num_input_tokens_seen="non_padding",
         # The data is tokenized and labelled by train/data.py; TRL must not touch it again.
         dataset_kwargs={"skip_prepare_dataset": True},
+        **(extra or {}),  # several processes: distributed_kwargs
         remove_unused_columns=False,
         dataloader_num_workers=0,
         # GPU (or packing): padding-free micro-batches for the varlen kernels; the CPU keeps padded
@@ -176,8 +204,11 @@ def checkpointing_policy(config: ScionConfig, model, free_memory) -> str:
     return policy if choice != Checkpointing.auto else f"{policy} (auto)"
 
 
-def save_adapter(model, tokenizer, base: BaseModel, run_dir: Path) -> Path:
-    """Adapter + tokenizer into adapter/, written to a staging folder and renamed into place."""
+def save_adapter(model, tokenizer, base: BaseModel, run_dir: Path, state_dict=None) -> Path:
+    """Adapter + tokenizer into adapter/, written to a staging folder and renamed into place.
+
+    `state_dict`: the full (gathered) weights when the model is sharded across ranks (FSDP2).
+    """
     target = run_dir / ADAPTER_DIR
     staging = run_dir / f".{ADAPTER_DIR}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -187,7 +218,7 @@ def save_adapter(model, tokenizer, base: BaseModel, run_dir: Path) -> Path:
         peft_config.revision = base.commit_sha or base.revision
     # save_embedding_layers=False: Scion never trains embeddings, and "auto" makes PEFT fetch the
     # base's config from the Hub to check for a resized vocabulary.
-    model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
+    model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     # PEFT writes a stub model card; the publisher writes the real one with correct lineage.
     (staging / "README.md").unlink(missing_ok=True)
@@ -218,7 +249,12 @@ class TrainingPlan:
 
 
 def plan_training(config: ScionConfig) -> TrainingPlan:
-    """Preflight, first part: config values, device, the base's files and LoRA targets (no weights)."""
+    """Preflight, first part: config values, device, the base's files and LoRA targets (no weights).
+
+    Under torchrun every rank runs the whole preflight itself (no process group yet), so bad input
+    fails on every rank alike; only rank 0 prints.
+    """
+    distributed.quiet_other_ranks()
     started = time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     quiet_console(quantized_on_cpu=config.peft.method == PeftMethod.qlora)
@@ -230,6 +266,9 @@ def plan_training(config: ScionConfig) -> TrainingPlan:
             f"data.max_length={config.data.max_length} exceeds the model's context of {base.max_position_embeddings} tokens"
         )
     check_target_modules(base, config.peft)
+    if device == "cpu" and distributed.launched() and wants_fsdp(config):
+        raise ScionError("trainer.distributed=fsdp needs GPUs: accelerate shards with FSDP2 only on GPUs and would train "
+                         "with plain DDP on the CPU; use trainer.distributed=ddp")
     return TrainingPlan(config=config, device=device, base=base, started=started, started_at=started_at)
 
 
@@ -245,14 +284,21 @@ def load_training_data(plan: TrainingPlan) -> None:
 def run_training(plan: TrainingPlan) -> TrainResult:
     """Train a planned run: lock its run directory, then load, train and save (run.json last)."""
     config = plan.config
-    run_dir, resume_from = prepare_run_dir(config.trainer.output_dir or default_output_dir(config.recipe_name),
-                                           config.trainer.resume)
-    lock = RunLock(run_dir)
+    distributed.join_process_group(plan.device)  # after preflight: a bad input never reaches the group
+    locks: list[RunLock] = []
+
+    def claim_run_dir() -> tuple[Path, Optional[Path]]:  # rank 0 only; every rank gets its answer or error
+        found = prepare_run_dir(config.trainer.output_dir or default_output_dir(config.recipe_name), config.trainer.resume)
+        locks.append(RunLock(found[0]))
+        return found
+
+    run_dir, resume_from = distributed.on_main(claim_run_dir)
     try:
         return _train_in(run_dir, resume_from, config, plan.base, plan.tokenizer, plan.data, plan.device,
                          plan.started, plan.started_at, plan.data_done)
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()
 
 
 def train(config: ScionConfig) -> TrainResult:
@@ -310,7 +356,8 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     if resume_from is not None:
         check_resume_config(resume_from, fingerprint, config.trainer.allow_config_change)
         print(f"resuming from {resume_from}", flush=True)
-    write_text_atomic(run_dir / RECIPE_FILE, OmegaConf.to_yaml(OmegaConf.structured(config)))
+    if distributed.is_main():
+        write_text_atomic(run_dir / RECIPE_FILE, OmegaConf.to_yaml(OmegaConf.structured(config)))
 
     # ---- Model and adapter.
     import torch
@@ -333,11 +380,12 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
           f"activation checkpointing: {checkpointing}", flush=True)
     # A checkpoint holds the adapter (fp32) plus two AdamW moments: ~12 bytes per trainable weight.
     keep = max(config.trainer.save_total_limit or 1, 1)
-    check_free_space(run_dir, int(trainable * 12 * (keep + 1) + trainable * 4 + 64 * 2**20))
+    distributed.on_main(lambda: check_free_space(run_dir, int(trainable * 12 * (keep + 1) + trainable * 4 + 64 * 2**20)))
     loaded = time.time()
 
     # ---- Train.
-    args = sft_args(config, run_dir, device, data.eval is not None, padding_free_ok=not model.scion_packing_unsafe)
+    args = sft_args(config, run_dir, device, data.eval is not None, distributed_kwargs(config, model),
+                    padding_free_ok=not model.scion_packing_unsafe)
     train_rows = data.train
     if config.trainer.packing:  # seeded, so a resumed run sees the same rows
         train_rows = packing.pack_dataset(data.train, config.data.max_length, seed=config.trainer.seed)
@@ -351,9 +399,17 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         resume_fingerprint=fingerprint,
         keep_checkpoints=config.trainer.save_total_limit,
     )
+    if config.trainer.distributed == Distributed.fsdp and distributed.launched() and not trainer.is_fsdp_enabled:
+        raise ScionError("trainer.distributed=fsdp: accelerate did not enable FSDP2 on this machine; use trainer.distributed=ddp")
+    world = args.world_size
+    engine = engine_name(trainer)
+    global_batch = config.trainer.batch_size * config.trainer.gradient_accumulation_steps * world
+    print(f"global batch: {global_batch} = batch_size {config.trainer.batch_size} x gradient_accumulation_steps "
+          f"{config.trainer.gradient_accumulation_steps} x {world} process{'es' if world > 1 else ''} ({engine})", flush=True)
     trainer.remove_callback(ProgressCallback)
     # tokens/s and MFU into every log (before the progress bar, which shows them)
-    trainer.add_callback(throughput.speed_callback(throughput.model_flops_per_token(model.config), throughput.peak_flops(gpu_name)))
+    trainer.add_callback(throughput.speed_callback(throughput.model_flops_per_token(model.config), throughput.peak_flops(gpu_name),
+                                                   world))
     trainer.add_callback(ScionProgress())
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
@@ -367,21 +423,27 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
                         f"Run the same command with trainer.output_dir={run_dir} to resume")
     trained = time.time()
     metrics: dict[str, Any] = {
-        "train_loss": result.training_loss,
+        "train_loss": distributed.mean(result.training_loss, args.device),  # each rank's own mean otherwise
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "train_seconds": round(trained - loaded, 2),
     }
-    metrics.update(throughput.run_speed_summary(metrics["tokens_seen"], trained - loaded, model.config, gpu_name))
+    metrics.update(throughput.run_speed_summary(metrics["tokens_seen"], trained - loaded, model.config, gpu_name, world))
     if data.eval is not None:
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics["eval_loss"] = eval_loss
         metrics["eval_perplexity"] = math.exp(eval_loss) if eval_loss < 50 else float("inf")
         print(f"eval: loss {eval_loss:.4f}, perplexity {metrics['eval_perplexity']:.2f}", flush=True)
 
-    # ---- Save: adapter, then run.json (the completion marker).
-    save_adapter(trainer.model, tokenizer, base, run_dir)
+    # ---- Save (rank 0): adapter, then run.json (the completion marker).
+    sharded = trainer.is_fsdp_enabled
+    # Under FSDP2 each rank holds a shard: gather the whole adapter (a collective: every rank calls it).
+    full_weights = distributed.full_state_dict(trainer.model) if sharded else None
+    if not distributed.is_main():
+        distributed.leave_process_group()
+        return TrainResult(run_dir=run_dir, model=None, tokenizer=tokenizer, run={})
+    save_adapter(trainer.model, tokenizer, base, run_dir, state_dict=full_weights)
     finished = time.time()
     run = {
         "scion_run_version": 1,
@@ -395,6 +457,8 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         "metrics": metrics,
         "log_history": trainer.state.log_history,  # per-step loss/lr/eval_loss, for plots
         "device": gpu_name or platform.processor() or "cpu",
+        "distributed": {"engine": engine, "world_size": world, "global_batch_size": global_batch,
+                        "accelerate_type": str(trainer.accelerator.distributed_type.value)},
         "speed": {"attn_implementation": model.config._attn_implementation, "packing": config.trainer.packing,
                   "padding_free": not model.scion_packing_unsafe and (device == "cuda" or config.trainer.packing),
                   "checkpointing": checkpointing},
@@ -409,5 +473,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         },
     }
     write_json_atomic(run_dir / RUN_FILE, run)
+    distributed.leave_process_group()  # the other ranks exit; evaluation and publishing run on rank 0 alone
     print(run_summary(metrics, finished - started, run_dir), flush=True)
-    return TrainResult(run_dir=run_dir, model=trainer.model, tokenizer=tokenizer, run=run)
+    # A sharded model cannot run without its group: evaluation then loads the saved (full) adapter.
+    return TrainResult(run_dir=run_dir, model=None if sharded else trainer.model, tokenizer=tokenizer, run=run)

@@ -74,13 +74,15 @@ def mfu(tokens_per_second: float, flops_per_token: float, peak: Optional[float])
     return tokens_per_second * flops_per_token / peak
 
 
-def speed_callback(flops_per_token: float, peak: Optional[float]):
+def speed_callback(flops_per_token: float, peak: Optional[float], world_size: int = 1):
     """A TrainerCallback that adds tokens/s (and MFU where the peak is known) to every training log.
 
     Values go into the logs dict (seen by callbacks after this one, e.g. the progress bar and
     TensorBoard) and into state.log_history (so run.json gets them): Trainer.log copies the dict
     into log_history before the callbacks run, hence the explicit update of its last entry.
-    Tokens are state.num_input_tokens_seen (include_num_input_tokens_seen="non_padding").
+    Tokens are state.num_input_tokens_seen (include_num_input_tokens_seen="non_padding"), which the
+    Trainer sums over all processes: tokens_per_second is the job's total, tokens_per_second_per_device
+    that over `world_size`, and MFU is per device (the same fraction of the whole job's peak).
     """
     from transformers import TrainerCallback
 
@@ -95,7 +97,9 @@ def speed_callback(flops_per_token: float, peak: Optional[float]):
             rate = (tokens - self.last[1]) / max(now - self.last[0], 1e-9)
             self.last = (now, tokens)
             extra = {"tokens_per_second": round(rate, 1)}
-            utilisation = mfu(rate, flops_per_token, peak)
+            if world_size > 1:
+                extra["tokens_per_second_per_device"] = round(rate / world_size, 1)
+            utilisation = mfu(rate / world_size, flops_per_token, peak)
             if utilisation is not None:
                 extra["mfu"] = round(utilisation, 4)
             logs.update(extra)
@@ -105,14 +109,17 @@ def speed_callback(flops_per_token: float, peak: Optional[float]):
     return SpeedLog()
 
 
-def run_speed_summary(tokens: int, seconds: float, config, device_name: Optional[str]) -> dict:
-    """run.json fields: tokens/s over the whole training, FLOPs per token, peak used and MFU."""
+def run_speed_summary(tokens: int, seconds: float, config, device_name: Optional[str], world_size: int = 1) -> dict:
+    """run.json fields: tokens/s over the whole training (all processes, and per device), FLOPs per token,
+    peak used and MFU (per device)."""
     rate = tokens / max(seconds, 1e-9)
     fpt = model_flops_per_token(config)
     peak = peak_flops(device_name)
-    utilisation = mfu(rate, fpt, peak)
+    utilisation = mfu(rate / world_size, fpt, peak)
     return {
         "tokens_per_second": round(rate, 1),
+        "tokens_per_second_per_device": round(rate / world_size, 1),
+        "world_size": world_size,
         "model_flops_per_token": fpt,
         "peak_flops": peak,
         "mfu": None if utilisation is None else round(utilisation, 4),

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from train import distributed
 from train.checkpoints import STAGING, commit_checkpoint, rotate
 from train.errors import ScionError
 
@@ -44,14 +45,22 @@ class PreemptionCallback(TrainerCallback):
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
-        if self.signal_received is not None:  # second signal: leave now, files on disk are consistent
+        if self.signal_received is not None:
+            # Under torchrun the launcher passes on the SIGTERM it got, so a rank often sees it twice:
+            # only a second SIGINT (Ctrl-C again) leaves at once there. Files on disk stay consistent.
+            if distributed.is_distributed() and signum == signal.SIGTERM:
+                return
             os._exit(128 + signum)
         self.signal_received = signum
+        again = "press Ctrl-C again" if distributed.is_distributed() else "send it again"
         print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
-              "(send it again to stop at once)", flush=True)
+              f"({again} to stop at once)", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal_received is not None:
+        # All ranks must save at the same step: a signal seen by any rank counts for all of them.
+        if distributed.any_rank(self.signal_received is not None, args.device):
+            if self.signal_received is None:
+                self.signal_received = signal.SIGTERM
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -71,7 +80,8 @@ class ScionTrainer(SFTTrainer):
         token too, most of a tiny model's step time. The loss is the same sum over trained tokens
         divided by the same count (tests/test_speed.py checks it against TRL's).
         """
-        if self.args.device.type == "cuda" or return_outputs:
+        # Under DDP/FSDP the forward must go through the wrapper (it syncs the gradients), hence TRL's path.
+        if self.args.device.type == "cuda" or return_outputs or self.accelerator.num_processes > 1:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         import torch.nn.functional as F
 
@@ -118,12 +128,17 @@ class ScionTrainer(SFTTrainer):
         name = f"checkpoint-{step}"
         self.args.output_dir = str(staging_root)
         try:
-            super()._save_checkpoint(model, trial)
+            super()._save_checkpoint(model, trial)  # every rank writes its part (its RNG state, FSDP shards)
         finally:
             self.args.output_dir = str(root)
-        commit_checkpoint(staging_root / name, root / name, {"step": step, "resume_fingerprint": self.resume_fingerprint})
-        shutil.rmtree(staging_root, ignore_errors=True)  # also holds TRL's per-save model card
-        rotate(root, self.keep_checkpoints)
+        # Marked complete only once every rank has written its part; a rank that died never gets here,
+        # and neither does anyone else (the barrier fails), so nothing incomplete is marked.
+        distributed.barrier()
+        if distributed.is_main():
+            commit_checkpoint(staging_root / name, root / name, {"step": step, "resume_fingerprint": self.resume_fingerprint})
+            shutil.rmtree(staging_root, ignore_errors=True)  # also holds TRL's per-save model card
+            rotate(root, self.keep_checkpoints)
+        distributed.barrier()  # no rank stages the next checkpoint before this one is in place
 
 
 def last_checkpoint_hint(output_dir: str) -> str:
