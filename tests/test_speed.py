@@ -143,7 +143,10 @@ def test_varlen_attention_matches_sdpa_on_a_packed_row():
 
 
 def test_varlen_kernel_call_follows_the_signature_of_this_torch():
-    """torch 2.11 (no enable_gqa, causal as window_size), 2.13 (enable_gqa) and a later is_causal."""
+    """torch 2.11 (no enable_gqa, causal as window_size), 2.13 (enable_gqa) and a later is_causal.
+
+    K/V always reach the kernel with their own 2 heads, never repeated up to the 4 query heads:
+    FlashAttention's varlen kernel groups them natively (repeating saves 4-8x K/V for backward)."""
     calls = []
 
     def fake_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **kwargs):
@@ -156,7 +159,7 @@ def test_varlen_kernel_call_follows_the_signature_of_this_torch():
     base = {"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "window_size"}
     outs = []
     for params, expected in [
-        (base, (4, {"window_size": (-1, 0)})),  # K/V heads repeated to the query heads
+        (base, (2, {"window_size": (-1, 0)})),  # torch 2.11: no flag, the kernel takes the K/V heads as they are
         (base | {"enable_gqa"}, (2, {"enable_gqa": True, "window_size": (-1, 0)})),
         (base | {"enable_gqa", "is_causal"}, (2, {"enable_gqa": True, "is_causal": True})),
     ]:
@@ -400,6 +403,26 @@ def test_checkpointing_policies_give_the_same_grads(tiny_qwen2_dir):
         assert model.get_base_model().is_gradient_checkpointing
         _, checkpointed = loss_and_grads(model, batch)
         assert_grads_close(checkpointed, reference)
+
+
+def test_offload_works_on_transformers_5_17(tiny_qwen2_dir, monkeypatch):
+    """5.17 to 5.22 have no activation_checkpointing_enable, but gradient_checkpointing_enable(offload=True)
+    offloads (its signature, copied from transformers 5.17.0's modeling_utils.py): enabling offload and
+    auto's choice of it must use that, on the GPU where pinned memory exists."""
+    from transformers import PreTrainedModel
+
+    calls = []
+
+    def gradient_checkpointing_enable_5_17(self, gradient_checkpointing_kwargs=None, every_n_layers=1, offload=False):
+        calls.append(offload)
+
+    monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable", raising=False)
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", gradient_checkpointing_enable_5_17)
+    monkeypatch.setattr(activation_checkpointing, "has_cuda", lambda: True)
+    model = lora_model(tiny_qwen2_dir)
+    activation_checkpointing.enable_checkpointing(model, "offload")
+    assert calls == [True]
+    assert activation_checkpointing.auto_checkpointing(model, free_bytes=2**30, tokens_per_step=10**6) == "offload"
 
 
 def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):

@@ -65,14 +65,24 @@ def pick_checkpointing(free_bytes: float, model_bytes: float, tokens_per_step: i
 def auto_checkpointing(model, free_bytes: float, tokens_per_step: int, lora_dropout: float = 0.0) -> str:
     """`pick_checkpointing` for a PEFT-wrapped model, as train.py's trainer.checkpointing=auto uses it.
 
-    free_bytes: accelerator memory free before the weights were loaded. Offload needs transformers'
-    activation_checkpointing_enable (5.23+); where it is missing, full is the next most frugal.
+    free_bytes: accelerator memory free before the weights were loaded. Offload needs a transformers
+    that can offload (every release pyproject allows: 5.17+); where it cannot, full is the next most frugal.
     """
     policy = pick_checkpointing(free_bytes, training_state_bytes(model), tokens_per_step, model.config, lora_dropout)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if policy == "offload" and not hasattr(base, "activation_checkpointing_enable"):
+    if policy == "offload" and not can_offload(base):
         policy = "full"
     return policy
+
+
+def can_offload(base) -> bool:
+    """Whether this transformers offloads checkpointed activations: activation_checkpointing_enable (5.23+)
+    or gradient_checkpointing_enable(..., offload=) (5.17 to 5.22)."""
+    import inspect
+
+    if hasattr(base, "activation_checkpointing_enable"):
+        return True
+    return "offload" in inspect.signature(base.gradient_checkpointing_enable).parameters
 
 
 def checkpointing_kwargs(policy: str) -> Optional[dict]:
@@ -97,25 +107,32 @@ def checkpointing_kwargs(policy: str) -> Optional[dict]:
 def enable_checkpointing(model, policy: str) -> None:
     """Turn on activation checkpointing of `policy` on a model, PEFT-wrapped or not.
 
-    "offload" is full checkpointing whose saved layer inputs wait in pinned host memory
-    (transformers 5.23's activation_checkpointing_enable(offload=True)): it frees layers x tokens x
-    hidden bytes of GPU memory for two copies per layer.
+    "offload" is full checkpointing whose saved layer inputs wait in pinned host memory: it frees
+    layers x tokens x hidden bytes of GPU memory for two copies per layer. transformers 5.23+ spells it
+    activation_checkpointing_enable(offload=True), 5.17 to 5.22 gradient_checkpointing_enable(offload=True)
+    (the same save_on_cpu(pin_memory=True) around each checkpoint).
     """
-    import torch
-
     kwargs = checkpointing_kwargs(policy)
     if kwargs is None:
         return
     # On a machine without an accelerator the activations live on the host already, and pinning
     # memory fails there ("no pinned memory allocator"): offload is plain full checkpointing.
-    offload = policy == "offload" and torch.cuda.is_available()
+    offload = policy == "offload" and has_cuda()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if hasattr(base, "activation_checkpointing_enable"):
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, offload=offload)
     elif offload:
-        raise ValueError("checkpointing offload needs transformers' activation_checkpointing_enable (5.23+)")
+        if not can_offload(base):
+            raise ValueError("checkpointing offload needs transformers 5.17 or later")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, offload=True)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _save_attention_policy(ctx, op, *args, **kwargs):
