@@ -452,6 +452,73 @@ def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):
     assert applied(1 * gib) == ("none", False)
 
 
+@pytest.mark.slow
+def test_training_speed_leaves_out_eval_and_saves_and_the_loop_never_syncs_between_logs(tmp_path, monkeypatch):
+    """tokens/s means training tokens per second of training: evaluation and checkpoint saving (made
+    1 s slower each here) are not in the seconds, neither in run.json nor in the per-log rates. And no
+    micro-batch or optimizer step asks the device for a number (.item(), float(), bool(), .tolist())
+    except at logging, evaluation and saving steps: each such sync stalls the GPU's queue."""
+    import time as time_module
+    import traceback
+
+    import transformers
+    from trl import SFTTrainer
+
+    from train.config import DataConfig, ModelConfig, PeftConfig, ScionConfig, TrainerConfig
+    from train.run import train
+    from train.trainer import ScionTrainer
+
+    def slower(method):
+        def wrapper(*args, **kwargs):
+            time_module.sleep(1.0)
+            return method(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", slower(SFTTrainer._save_checkpoint))
+    monkeypatch.setattr(transformers.Trainer, "_evaluate", slower(transformers.Trainer._evaluate))
+
+    syncs, inside = [], [False]
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            caller = traceback.extract_stack(limit=2)[0]
+            # transformers' padding-mask check of the CPU's padded sdpa batches is left out: GPU runs are
+            # padding-free, where the varlen attention builds no mask.
+            if inside[0] and not caller.filename.endswith("masking_utils.py"):
+                syncs.append(f"{_name} at {caller.filename}:{caller.lineno}")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    for name in ("training_step", "_track_num_input_tokens", "_get_grad_norm"):
+        original = getattr(ScionTrainer, name)
+
+        def hot(self, *args, _original=original, **kwargs):
+            inside[0] = True
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                inside[0] = False
+        monkeypatch.setattr(ScionTrainer, name, hot)
+
+    data = REPO_ROOT / "data" / "quickstart"
+    config = ScionConfig(model=ModelConfig(name_or_path="tiny:qwen2"), peft=PeftConfig(r=4, alpha=8, dropout=0.0),
+                         data=DataConfig(train=str(data / "train.jsonl"), eval=str(data / "eval.jsonl"), max_length=64),
+                         trainer=TrainerConfig(output_dir=str(tmp_path / "run"), max_steps=4, batch_size=2,
+                                               gradient_accumulation_steps=2, logging_steps=2, eval_steps=2, save_steps=2,
+                                               precision="fp32"),
+                         recipe_name="speed")
+    run = train(config).run
+    assert syncs == []
+    metrics, wall = run["metrics"], run["timings"]["train_seconds"]
+    assert metrics["train_seconds"] <= wall - 4.0  # 2 evaluations + 2 saves, 1 s each, left out
+    assert metrics["tokens_per_second"] == pytest.approx(metrics["tokens_this_run"] / metrics["train_seconds"], rel=0.01)
+    logged = [e for e in run["log_history"] if "tokens_per_second" in e]
+    assert [e["step"] for e in logged] == [2, 4]
+    seen = [0] + [e["num_input_tokens_seen"] for e in logged]
+    logged_seconds = sum((b - a) / e["tokens_per_second"] for a, b, e in zip(seen, seen[1:], logged))
+    assert logged_seconds <= metrics["train_seconds"] * 1.02 + 0.1 and seen[-1] == metrics["tokens_seen"]
+
+
 def test_pick_checkpointing_and_flops():
     from transformers import Qwen2Config
 
@@ -476,22 +543,34 @@ def test_pick_checkpointing_and_flops():
 
 
 def test_speed_callback_logs_tokens_per_second_into_history():
-    from transformers import TrainerControl, TrainerState
+    from transformers import Qwen2Config, TrainerControl, TrainerState
 
-    callback = throughput.speed_callback(flops_per_token=1e9, peak=1e13)
+    # Qwen2.5-0.5B's shape; N by hand from its config.json: 24 layers of q,k,v,o (14 and 2 heads of 64)
+    # and gate/up/down, plus the 151,936 x 896 lm_head.
+    cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+    body, head = 24 * (896 * 64 * (28 + 4) + 3 * 896 * 4864), 151936 * 896
+    meter = throughput.TrainingMeter()
+    callback = throughput.speed_callback(cfg, peak=1e10, meter=meter)
     state = TrainerState()
     state.num_input_tokens_seen, state.global_step = 0, 0
     callback.on_train_begin(None, state, TrainerControl())
     state.num_input_tokens_seen, state.global_step = 5000, 1
+    meter.count_trained(torch.tensor([[-100] * 3500 + [1] * 1500]))  # 1,500 positions whose next token is trained
     logs = {"loss": 1.0}
     state.log_history.append({**logs, "step": 1})
     callback.on_log(None, state, TrainerControl(), logs=logs)
-    assert logs["tokens_per_second"] > 0 and logs["mfu"] > 0
+    seconds = 5000 / logs["tokens_per_second"]
+    # MFU counts the lm_head on the 1,500 labelled positions only, not on all 5,000 tokens.
+    expected = (4 * body * 5000 + 4 * head * 1500) / seconds / 1e10
+    assert logs["mfu"] == pytest.approx(expected, rel=1e-2)
+    charged_to_every_token = 5000 * throughput.model_flops_per_token(cfg) / seconds / 1e10
+    assert 1.2 < charged_to_every_token / logs["mfu"] < 1.3  # the ~25% overstatement on 0.5B at 30% trained
     assert state.log_history[-1]["tokens_per_second"] == logs["tokens_per_second"]
-    summary = throughput.run_speed_summary(1000, 2.0, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                                   "num_attention_heads": 4, "num_key_value_heads": 2,
-                                                   "vocab_size": 151936}, None)
-    assert summary["tokens_per_second"] == 500.0 and summary["mfu"] is None
+    summary = throughput.run_speed_summary(600_000, 180_000, 2.0, cfg, "NVIDIA H100 80GB HBM3")
+    assert summary["tokens_per_second"] == 300_000.0
+    assert summary["mfu"] == pytest.approx((4 * body * 600_000 + 4 * head * 180_000) / 2.0 / 989e12, rel=1e-3)
+    assert throughput.run_speed_summary(1000, 300, 2.0, cfg, None)["mfu"] is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from transformers import ProgressCallback
 class ScionProgress(ProgressCallback):
     """tqdm bar (steps, elapsed, ETA) with the latest loss, learning rate, tokens/s and MFU as postfix.
 
-    tokens/s and MFU are put into the logs by speed.speed_callback, which must run before this one.
+    tokens/s and MFU are put into the logs by throughput.speed_callback, which must run before this one.
     """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
