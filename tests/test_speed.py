@@ -294,6 +294,33 @@ def sft_run(model_dir, tokenizer, out, rows, *, batch_size, ga, padding_free, pa
     return trainer, capture.grads
 
 
+def test_scion_fused_head_loss_equals_trls_with_its_metrics_at_log_time(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer):
+    """ScionTrainer's CUDA training loss (TRL's fused head without TRL's per-micro-batch .item()s) gives
+    TRL's loss, and at the next log the same entropy and token accuracy TRL logs (here on the CPU)."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from train.trainer import ScionTrainer
+
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+                     dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
+                     **packing.sft_speed_kwargs("cpu", packing=False, max_length=64))
+    rows = make_examples()
+    trainer = ScionTrainer(model=lora_model(tiny_qwen2_dir), args=args, train_dataset=datasets.Dataset.from_list(rows),
+                           processing_class=qwen2_5_tokenizer, resume_fingerprint={}, keep_checkpoints=None)
+    trainer.model.train()
+    batch = collate(packing.pack_examples(rows, 64)[:1], padding_free=True)
+    theirs = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    expected = {k: trainer._metrics["train"][k][-1] for k in ("entropy", "mean_token_accuracy")}
+    trainer._metrics["train"].clear()
+    ours = trainer.fused_head_loss(trainer.model, dict(batch))
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    logs = {"loss": 1.0}
+    trainer.log(logs)
+    assert logs["entropy"] == pytest.approx(expected["entropy"], rel=1e-5)
+    assert logs["mean_token_accuracy"] == pytest.approx(expected["mean_token_accuracy"], rel=1e-5)
+
+
 def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer,
                                                                          monkeypatch):
     """One optimizer step over the same 8 examples, four ways, through SFTTrainer (its fused loss included).
