@@ -68,6 +68,7 @@ class ScionTrainer(SFTTrainer):
     def __init__(self, *args, resume_fingerprint: dict[str, Any], keep_checkpoints: Optional[int],
                  meter: Optional[TrainingMeter] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        keep_adapter_fp32(self.model)
         self.resume_fingerprint = resume_fingerprint
         self.keep_checkpoints = keep_checkpoints
         self.meter = meter or TrainingMeter()
@@ -199,6 +200,21 @@ class ScionTrainer(SFTTrainer):
             commit_checkpoint(staging_root / name, root / name, {"step": step, "resume_fingerprint": self.resume_fingerprint})
             shutil.rmtree(staging_root, ignore_errors=True)  # also holds TRL's per-save model card
             rotate(root, self.keep_checkpoints)
+
+
+def keep_adapter_fp32(model) -> None:
+    """Put the trainable weights back in fp32 after SFTTrainer cast a quantised model's to bf16.
+
+    TRL casts every trainable weight of a 4/8-bit base to bf16 (after the QLoRA paper), leaving out only
+    DoRA's magnitude, whose small updates round away in bf16. Late in a cosine schedule lora_A's
+    updates round away the same way, and AdamW's state follows the weights' dtype. Scion keeps QLoRA's
+    adapter and optimizer state in fp32, as for LoRA: they are about 1% of the weights (3B, r=32:
+    ~60 M trainable, 0.7 GB of fp32 weights + AdamW state), and the bf16 autocast still runs the matmuls
+    in bf16. Called before the optimizer is built, so its state is fp32 too.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def last_checkpoint_hint(output_dir: str) -> str:
