@@ -229,7 +229,8 @@ def step_checkpointing(dry: bool, work: Path) -> None:
         model = None
         try:
             model, info = bench.build_scion(name, "scion", device, dtype, str(work), tokens, policy)
-            estimate = ac.training_state_bytes(model) + ac.activation_bytes_per_token(cfg, policy) * tokens
+            estimate = ac.training_state_bytes(model) + ac.activation_bytes_per_token(
+                cfg, policy, fused_kernels=ac.uses_fused_kernels(model)) * tokens
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             batches = bench.scion_batches(lengths, steps, tokens, cfg.vocab_size, device)
             if device == "cuda":

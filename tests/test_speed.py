@@ -469,8 +469,9 @@ def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):
     assert applied(1000 * gib) == ("none (auto)", False)  # a GPU with room to spare
     # Room for the weights, the reserve and full checkpointing's activations, but not selective's.
     model = lora_model(tiny_qwen2_dir)
-    full = activation_checkpointing.activation_bytes_per_token(model.config, "full") * 8 * 2048
-    selective = activation_checkpointing.activation_bytes_per_token(model.config, "selective") * 8 * 2048
+    # (no Liger on the CPU: the estimate for transformers' own kernels)
+    full = activation_checkpointing.activation_bytes_per_token(model.config, "full", fused_kernels=False) * 8 * 2048
+    selective = activation_checkpointing.activation_bytes_per_token(model.config, "selective", fused_kernels=False) * 8 * 2048
     free = (activation_checkpointing.training_state_bytes(model) + 2 * gib + (full + selective) / 2) / 0.9
     assert applied(free) == ("full (auto)", True)
     config.trainer.checkpointing = Checkpointing.selective
@@ -567,6 +568,50 @@ def test_pick_checkpointing_and_flops():
     assert picks == ["offload", "full", "selective", "none"]
     # Calibration against the probe: 3B at 8,192 tokens without checkpointing peaked at 51.2 GiB (Liger on).
     assert 40 * gib < activation_checkpointing.activation_bytes_per_token(cfg, "none") * 8192 + 6.5 * gib < 60 * gib
+
+
+def test_memory_estimate_covers_qwen3_runs_without_liger_and_qlora(tiny_qwen2_dir):
+    from transformers import Qwen2Config, Qwen3Config
+
+    # Qwen3-4B: 36 layers, hidden 2560, MLP 9728, attention 32 x 128 = 4096 wide, k/v 8 x 128 = 1024.
+    q3 = Qwen3Config(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True)
+    per_layer = 2 * (15 * 2560 + 5 * 4096 + 4 * 1024 + 5 * 9728)  # + q_norm/k_norm and the wider attention
+    assert activation_checkpointing.activation_bytes_per_token(q3, "none") == 36 * per_layer + 8 * 2560
+    # Without Liger: two HF RMSNorms keep fp32 input and result (8 bytes x hidden each), q/k norms the
+    # same over their widths, SwiGLU keeps silu(gate).
+    unfused = per_layer + 2 * 8 * 2560 + 2 * 9728 + 8 * (4096 + 1024)
+    assert activation_checkpointing.activation_bytes_per_token(q3, "none", fused_kernels=False) == 36 * unfused + 8 * 2560
+    q2 = Qwen2Config(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                     num_key_value_heads=2, vocab_size=151936)
+    assert (activation_checkpointing.activation_bytes_per_token(q2, "full", fused_kernels=False)
+            - activation_checkpointing.activation_bytes_per_token(q2, "full")) == 16 * 2048 + 2 * 11008
+    # The tiny model on the CPU runs transformers' own kernels.
+    assert not activation_checkpointing.uses_fused_kernels(lora_model(tiny_qwen2_dir))
+
+
+def test_qlora_training_state_counts_4bit_weights_and_fp32_adapter(tiny_qwen2_dir):
+    """QLoRA's state in the estimate: half a byte per quantised weight, 16 bytes per trainable weight
+    (fp32 weight, gradient and two AdamW moments)."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, quantization_config=quant, dtype=torch.bfloat16,
+                                                     device_map={"": "cpu"})
+    except (RuntimeError, NotImplementedError) as e:
+        pytest.skip(f"bitsandbytes 4-bit does not run here: {e}")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    layers = model.get_base_model().model.layers
+    quantised = sum(m.out_features * m.in_features for layer in layers for m in layer.modules()
+                    if type(m).__name__ == "Linear4bit")
+    other = sum(p.numel() * 2 for n, p in model.named_parameters() if p.dtype == torch.bfloat16)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert quantised > 0 and trainable > 0
+    state = activation_checkpointing.training_state_bytes(model)
+    assert state == pytest.approx(quantised / 2 + other + 16 * trainable, rel=0.01)
 
 
 def test_speed_callback_logs_tokens_per_second_into_history():
