@@ -139,8 +139,8 @@ def train_env_and_args(dry: bool, work: Path) -> tuple[dict, list[str]]:
                     "trainer.max_steps=5", "trainer.batch_size=2", "data.max_length=64", "eval.max_examples=4",
                     "eval.max_new_tokens=2", "publish.gguf_types=[f16]"]
     return standin_cache(work, STANDIN_0_5B), [
-        "recipe=qwen0.5b_lora", "trainer.save_steps=10", "trainer.logging_steps=5", "trainer.eval_steps=10",
-        "trainer.max_steps=40", "eval.max_examples=64", "eval.max_new_tokens=32", "publish.gguf_types=[f16]"]
+        "recipe=qwen0.5b_lora", "trainer.save_steps=5", "trainer.logging_steps=5", "trainer.eval_steps=10",
+        "trainer.max_steps=20", "eval.max_examples=64", "eval.max_new_tokens=32", "publish.gguf_types=[f16]"]
 
 
 def step_train_e2e(dry: bool, work: Path) -> None:
@@ -334,7 +334,7 @@ def run_step(name: str, budget: float, dry: bool, work: Path) -> dict:
 
 def fmt(value, spec=""):
     if value is None:
-        return ""
+        return "n/a"
     return format(value, spec) if spec else str(value)
 
 
@@ -396,14 +396,14 @@ def markdown(report: dict) -> str:
 
 
 def parent_main(args) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="scion-gpu-check-"))
-    work.mkdir(parents=True, exist_ok=True)
     dry = args.cpu_dry_run
     if not dry and not cuda():
         print("error: no CUDA GPU found; use --cpu-dry-run on a machine without one", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="scion-gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + (args.max_seconds or (10_000 if dry else TOTAL_BUDGET_S))
     selected = args.steps.split(",") if args.steps else [s[0] for s in STEPS]
     steps = []
