@@ -197,6 +197,8 @@ def test_eval_py_reloads_the_run_and_matches_the_in_memory_evaluation(echo, tmp_
 def test_merged_finetune_scores_as_the_unmerged_one_and_leaves_the_weights_exact(echo, tmp_path, monkeypatch):
     """The fine-tune is scored with its LoRA merged into the weights (fewer matmuls per decoding step):
     the same numbers as unmerged PEFT, and afterwards the exact weights the model had before."""
+    import contextlib
+
     import torch
 
     import eval.run as eval_run
@@ -204,7 +206,7 @@ def test_merged_finetune_scores_as_the_unmerged_one_and_leaves_the_weights_exact
     result, merged = echo  # evaluated with eval_run.MERGE_FINETUNE on
     before = {n: p.detach().clone() for n, p in result.model.named_parameters()}
     merges = []
-    monkeypatch.setattr(eval_run, "merged_adapter", lambda model: merges.append(1) or eval_run.nullcontext())
+    monkeypatch.setattr(eval_run, "merged_adapter", lambda model: merges.append(1) or contextlib.nullcontext())
     monkeypatch.setattr(eval_run, "MERGE_FINETUNE", False)
     unmerged = eval_run.evaluate_run(copy_run(result.run_dir, tmp_path / "run"), EVAL, model=result.model,
                                      tokenizer=result.tokenizer)
