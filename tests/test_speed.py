@@ -276,7 +276,9 @@ def sft_run(model_dir, tokenizer, out, rows, *, batch_size, ga, padding_free, pa
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    kwargs = packing.sft_speed_kwargs("cpu", packing=packing, max_length=64) if padding_free else {"max_length": None}
+    from train.packing import sft_speed_kwargs  # (the `packing` argument hides the module here)
+
+    kwargs = sft_speed_kwargs("cpu", packing=packing, max_length=64) if padding_free else {"max_length": None}
     args = SFTConfig(
         output_dir=str(out), seed=0, data_seed=0, max_steps=steps, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=ga, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
@@ -411,8 +413,8 @@ def test_sft_speed_kwargs_are_sftconfig_fields():
 
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     for device in ("cpu", "cuda"):
-        for packing in (False, True):
-            kwargs = packing.sft_speed_kwargs(device, packing, 2048)
+        for packed in (False, True):
+            kwargs = packing.sft_speed_kwargs(device, packed, 2048)
             assert set(kwargs) <= fields and kwargs["padding_free"] is True
     assert packing.sft_speed_kwargs("cpu", False, 2048)["max_length"] is None  # TRL refuses padding-free + max_length
     assert packing.sft_speed_kwargs("cpu", True, 2048)["max_length"] == 2048
