@@ -20,8 +20,8 @@ Configurations:
   `pick_checkpointing` from the free memory (or --ckpt).
 - qlora_stock / qlora_scion (Qwen2.5-3B): the same on a bitsandbytes nf4 base. qlora_stock goes
   through peft.prepare_model_for_kbit_training (fp32 upcasts, as scripts usually do); qlora_scion
-  loads as train/model.py does (non-quantised weights kept bf16) with bf16 LoRA weights, as SFTTrainer
-  casts them.
+  loads as train/model.py does (non-quantised weights kept bf16) with fp32 LoRA weights, as
+  ScionTrainer keeps them.
 
 Tokens are real tokens (no padding): the sum of the example lengths in the timed steps.
 """
@@ -203,7 +203,6 @@ def build_stock(name, config, device, dtype, cache_dir):
 
 def build_scion(name, config, device, dtype, cache_dir, tokens_per_step, ckpt):
     """Scion's path: chosen attention, fused layer kernels, fused lm_head, policy-chosen checkpointing."""
-    import torch
     from trl.trainer.utils import add_fused_lm_head
 
     from train import activation_checkpointing, attention, kernels
@@ -214,11 +213,7 @@ def build_scion(name, config, device, dtype, cache_dir, tokens_per_step, ckpt):
     liger = kernels.apply_fused_layer_kernels(model, device)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer
     model.config.use_cache = False
-    model = add_lora(model)
-    if qlora:  # SFTTrainer casts the adapter of a quantised model to bf16
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.to(torch.bfloat16)
+    model = add_lora(model)  # fp32 adapter, QLoRA included, as ScionTrainer keeps it (train/trainer.py)
     policy = ckpt or choose_policy(model, device, tokens_per_step)  # after wrapping, as train/run.py does
     activation_checkpointing.enable_checkpointing(model, policy)
     return model, {"attn": attn, "checkpointing": policy, "liger": liger}

@@ -194,6 +194,33 @@ def test_eval_py_reloads_the_run_and_matches_the_in_memory_evaluation(echo, tmp_
             assert results["metrics"][name][variant] == pytest.approx(in_memory["metrics"][name][variant], rel=1e-4)
 
 
+def test_merged_finetune_scores_as_the_unmerged_one_and_leaves_the_weights_exact(echo, tmp_path, monkeypatch):
+    """The fine-tune is scored with its LoRA merged into the weights (fewer matmuls per decoding step):
+    the same numbers as unmerged PEFT, and afterwards the exact weights the model had before."""
+    import contextlib
+
+    import torch
+
+    import eval.run as eval_run
+
+    result, merged = echo  # evaluated with eval_run.MERGE_FINETUNE on
+    before = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+    merges = []
+    monkeypatch.setattr(eval_run, "merged_adapter", lambda model: merges.append(1) or contextlib.nullcontext())
+    monkeypatch.setattr(eval_run, "MERGE_FINETUNE", False)
+    unmerged = eval_run.evaluate_run(copy_run(result.run_dir, tmp_path / "run"), EVAL, model=result.model,
+                                     tokenizer=result.tokenizer)
+    assert merges == []
+    for name in ("loss", "exact_match", "rouge_l", "mean_generated_tokens"):
+        assert unmerged["metrics"][name]["finetune"] == pytest.approx(merged["metrics"][name]["finetune"], rel=1e-5), name
+    assert [s["finetune"]["text"] for s in unmerged["samples"]] == [s["finetune"]["text"] for s in merged["samples"]]
+    monkeypatch.undo()
+    with eval_run.merged_adapter(result.model):
+        assert any(not torch.equal(p, before[n]) for n, p in result.model.named_parameters() if "base_layer" in n)
+    for name, param in result.model.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
 def mutate_recipe(run: Path, **data) -> None:
     recipe = OmegaConf.load(run / "recipe.yaml")
     for key, value in data.items():

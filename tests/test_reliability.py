@@ -90,8 +90,13 @@ def test_hard_stop_then_resume_matches_the_straight_run(straight, tmp_path):
     killed = fault_run(config_for(run_dir), tmp_path, "kill-after-save", 4)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (run_dir / "checkpoints" / "checkpoint-4" / MARKER).is_file() and not (run_dir / "run.json").exists()
+    tokens_before = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["num_input_tokens_seen"]
     train(config_for(run_dir))  # resume=auto picks checkpoint-4
     assert_same_run(run_dir, straight)
+    # The resumed process's speed is its own tokens over its own seconds, not the run's cumulative tokens.
+    metrics = json.loads((run_dir / "run.json").read_text())["metrics"]
+    assert 0 < tokens_before < metrics["tokens_seen"] and metrics["tokens_this_run"] == metrics["tokens_seen"] - tokens_before
+    assert metrics["tokens_per_second"] == pytest.approx(metrics["tokens_this_run"] / metrics["train_seconds"], rel=0.01)
 
 
 # ---- 2. atomic checkpoints ----------------------------------------------------------------

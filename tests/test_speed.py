@@ -143,7 +143,10 @@ def test_varlen_attention_matches_sdpa_on_a_packed_row():
 
 
 def test_varlen_kernel_call_follows_the_signature_of_this_torch():
-    """torch 2.11 (no enable_gqa, causal as window_size), 2.13 (enable_gqa) and a later is_causal."""
+    """torch 2.11 (no enable_gqa, causal as window_size), 2.13 (enable_gqa) and a later is_causal.
+
+    K/V always reach the kernel with their own 2 heads, never repeated up to the 4 query heads:
+    FlashAttention's varlen kernel groups them natively (repeating saves 4-8x K/V for backward)."""
     calls = []
 
     def fake_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **kwargs):
@@ -156,7 +159,7 @@ def test_varlen_kernel_call_follows_the_signature_of_this_torch():
     base = {"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "window_size"}
     outs = []
     for params, expected in [
-        (base, (4, {"window_size": (-1, 0)})),  # K/V heads repeated to the query heads
+        (base, (2, {"window_size": (-1, 0)})),  # torch 2.11: no flag, the kernel takes the K/V heads as they are
         (base | {"enable_gqa"}, (2, {"enable_gqa": True, "window_size": (-1, 0)})),
         (base | {"enable_gqa", "is_causal"}, (2, {"enable_gqa": True, "is_causal": True})),
     ]:
@@ -291,6 +294,33 @@ def sft_run(model_dir, tokenizer, out, rows, *, batch_size, ga, padding_free, pa
     return trainer, capture.grads
 
 
+def test_scion_fused_head_loss_equals_trls_with_its_metrics_at_log_time(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer):
+    """ScionTrainer's CUDA training loss (TRL's fused head without TRL's per-micro-batch .item()s) gives
+    TRL's loss, and at the next log the same entropy and token accuracy TRL logs (here on the CPU)."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from train.trainer import ScionTrainer
+
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+                     dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
+                     **packing.sft_speed_kwargs("cpu", packing=False, max_length=64))
+    rows = make_examples()
+    trainer = ScionTrainer(model=lora_model(tiny_qwen2_dir), args=args, train_dataset=datasets.Dataset.from_list(rows),
+                           processing_class=qwen2_5_tokenizer, resume_fingerprint={}, keep_checkpoints=None)
+    trainer.model.train()
+    batch = collate(packing.pack_examples(rows, 64)[:1], padding_free=True)
+    theirs = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    expected = {k: trainer._metrics["train"][k][-1] for k in ("entropy", "mean_token_accuracy")}
+    trainer._metrics["train"].clear()
+    ours = trainer.fused_head_loss(trainer.model, dict(batch))
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    logs = {"loss": 1.0}
+    trainer.log(logs)
+    assert logs["entropy"] == pytest.approx(expected["entropy"], rel=1e-5)
+    assert logs["mean_token_accuracy"] == pytest.approx(expected["mean_token_accuracy"], rel=1e-5)
+
+
 def test_sft_trainer_grads_equal_across_padding_packing_and_accumulation(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer,
                                                                          monkeypatch):
     """One optimizer step over the same 8 examples, four ways, through SFTTrainer (its fused loss included).
@@ -402,6 +432,26 @@ def test_checkpointing_policies_give_the_same_grads(tiny_qwen2_dir):
         assert_grads_close(checkpointed, reference)
 
 
+def test_offload_works_on_transformers_5_17(tiny_qwen2_dir, monkeypatch):
+    """5.17 to 5.22 have no activation_checkpointing_enable, but gradient_checkpointing_enable(offload=True)
+    offloads (its signature, copied from transformers 5.17.0's modeling_utils.py): enabling offload and
+    auto's choice of it must use that, on the GPU where pinned memory exists."""
+    from transformers import PreTrainedModel
+
+    calls = []
+
+    def gradient_checkpointing_enable_5_17(self, gradient_checkpointing_kwargs=None, every_n_layers=1, offload=False):
+        calls.append(offload)
+
+    monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable", raising=False)
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", gradient_checkpointing_enable_5_17)
+    monkeypatch.setattr(activation_checkpointing, "has_cuda", lambda: True)
+    model = lora_model(tiny_qwen2_dir)
+    activation_checkpointing.enable_checkpointing(model, "offload")
+    assert calls == [True]
+    assert activation_checkpointing.auto_checkpointing(model, free_bytes=2**30, tokens_per_step=10**6) == "offload"
+
+
 def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):
     """trainer.checkpointing: auto picks from the free memory (none on the CPU); what it reports is what runs."""
     from train.config import Checkpointing, DataConfig, ModelConfig, PeftConfig, ScionConfig, TrainerConfig
@@ -419,14 +469,82 @@ def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):
     assert applied(1000 * gib) == ("none (auto)", False)  # a GPU with room to spare
     # Room for the weights, the reserve and full checkpointing's activations, but not selective's.
     model = lora_model(tiny_qwen2_dir)
-    full = activation_checkpointing.activation_bytes_per_token(model.config, "full") * 8 * 2048
-    selective = activation_checkpointing.activation_bytes_per_token(model.config, "selective") * 8 * 2048
+    # (no Liger on the CPU: the estimate for transformers' own kernels)
+    full = activation_checkpointing.activation_bytes_per_token(model.config, "full", fused_kernels=False) * 8 * 2048
+    selective = activation_checkpointing.activation_bytes_per_token(model.config, "selective", fused_kernels=False) * 8 * 2048
     free = (activation_checkpointing.training_state_bytes(model) + 2 * gib + (full + selective) / 2) / 0.9
     assert applied(free) == ("full (auto)", True)
     config.trainer.checkpointing = Checkpointing.selective
     assert applied(1000 * gib) == ("selective", True)
     config.trainer.checkpointing = Checkpointing.none
     assert applied(1 * gib) == ("none", False)
+
+
+@pytest.mark.slow
+def test_training_speed_leaves_out_eval_and_saves_and_the_loop_never_syncs_between_logs(tmp_path, monkeypatch):
+    """tokens/s means training tokens per second of training: evaluation and checkpoint saving (made
+    1 s slower each here) are not in the seconds, neither in run.json nor in the per-log rates. And no
+    micro-batch or optimizer step asks the device for a number (.item(), float(), bool(), .tolist())
+    except at logging, evaluation and saving steps: each such sync stalls the GPU's queue."""
+    import time as time_module
+    import traceback
+
+    import transformers
+    from trl import SFTTrainer
+
+    from train.config import DataConfig, ModelConfig, PeftConfig, ScionConfig, TrainerConfig
+    from train.run import train
+    from train.trainer import ScionTrainer
+
+    def slower(method):
+        def wrapper(*args, **kwargs):
+            time_module.sleep(1.0)
+            return method(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", slower(SFTTrainer._save_checkpoint))
+    monkeypatch.setattr(transformers.Trainer, "_evaluate", slower(transformers.Trainer._evaluate))
+
+    syncs, inside = [], [False]
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            caller = traceback.extract_stack(limit=2)[0]
+            # transformers' padding-mask check of the CPU's padded sdpa batches is left out: GPU runs are
+            # padding-free, where the varlen attention builds no mask.
+            if inside[0] and not caller.filename.endswith("masking_utils.py"):
+                syncs.append(f"{_name} at {caller.filename}:{caller.lineno}")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    for name in ("training_step", "_track_num_input_tokens", "_get_grad_norm"):
+        original = getattr(ScionTrainer, name)
+
+        def hot(self, *args, _original=original, **kwargs):
+            inside[0] = True
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                inside[0] = False
+        monkeypatch.setattr(ScionTrainer, name, hot)
+
+    data = REPO_ROOT / "data" / "quickstart"
+    config = ScionConfig(model=ModelConfig(name_or_path="tiny:qwen2"), peft=PeftConfig(r=4, alpha=8, dropout=0.0),
+                         data=DataConfig(train=str(data / "train.jsonl"), eval=str(data / "eval.jsonl"), max_length=64),
+                         trainer=TrainerConfig(output_dir=str(tmp_path / "run"), max_steps=4, batch_size=2,
+                                               gradient_accumulation_steps=2, logging_steps=2, eval_steps=2, save_steps=2,
+                                               precision="fp32"),
+                         recipe_name="speed")
+    run = train(config).run
+    assert syncs == []
+    metrics, wall = run["metrics"], run["timings"]["train_seconds"]
+    assert metrics["train_seconds"] <= wall - 4.0  # 2 evaluations + 2 saves, 1 s each, left out
+    assert metrics["tokens_per_second"] == pytest.approx(metrics["tokens_this_run"] / metrics["train_seconds"], rel=0.01)
+    logged = [e for e in run["log_history"] if "tokens_per_second" in e]
+    assert [e["step"] for e in logged] == [2, 4]
+    seen = [0] + [e["num_input_tokens_seen"] for e in logged]
+    logged_seconds = sum((b - a) / e["tokens_per_second"] for a, b, e in zip(seen, seen[1:], logged))
+    assert logged_seconds <= metrics["train_seconds"] * 1.02 + 0.1 and seen[-1] == metrics["tokens_seen"]
 
 
 def test_pick_checkpointing_and_flops():
@@ -452,23 +570,79 @@ def test_pick_checkpointing_and_flops():
     assert 40 * gib < activation_checkpointing.activation_bytes_per_token(cfg, "none") * 8192 + 6.5 * gib < 60 * gib
 
 
-def test_speed_callback_logs_tokens_per_second_into_history():
-    from transformers import TrainerControl, TrainerState
+def test_memory_estimate_covers_qwen3_runs_without_liger_and_qlora(tiny_qwen2_dir):
+    from transformers import Qwen2Config, Qwen3Config
 
-    callback = throughput.speed_callback(flops_per_token=1e9, peak=1e13)
+    # Qwen3-4B: 36 layers, hidden 2560, MLP 9728, attention 32 x 128 = 4096 wide, k/v 8 x 128 = 1024.
+    q3 = Qwen3Config(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True)
+    per_layer = 2 * (15 * 2560 + 5 * 4096 + 4 * 1024 + 5 * 9728)  # + q_norm/k_norm and the wider attention
+    assert activation_checkpointing.activation_bytes_per_token(q3, "none") == 36 * per_layer + 8 * 2560
+    # Without Liger: two HF RMSNorms keep fp32 input and result (8 bytes x hidden each), q/k norms the
+    # same over their widths, SwiGLU keeps silu(gate).
+    unfused = per_layer + 2 * 8 * 2560 + 2 * 9728 + 8 * (4096 + 1024)
+    assert activation_checkpointing.activation_bytes_per_token(q3, "none", fused_kernels=False) == 36 * unfused + 8 * 2560
+    q2 = Qwen2Config(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                     num_key_value_heads=2, vocab_size=151936)
+    assert (activation_checkpointing.activation_bytes_per_token(q2, "full", fused_kernels=False)
+            - activation_checkpointing.activation_bytes_per_token(q2, "full")) == 16 * 2048 + 2 * 11008
+    # The tiny model on the CPU runs transformers' own kernels.
+    assert not activation_checkpointing.uses_fused_kernels(lora_model(tiny_qwen2_dir))
+
+
+def test_qlora_training_state_counts_4bit_weights_and_fp32_adapter(tiny_qwen2_dir):
+    """QLoRA's state in the estimate: half a byte per quantised weight, 16 bytes per trainable weight
+    (fp32 weight, gradient and two AdamW moments)."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, quantization_config=quant, dtype=torch.bfloat16,
+                                                     device_map={"": "cpu"})
+    except (RuntimeError, NotImplementedError) as e:
+        pytest.skip(f"bitsandbytes 4-bit does not run here: {e}")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    layers = model.get_base_model().model.layers
+    quantised = sum(m.out_features * m.in_features for layer in layers for m in layer.modules()
+                    if type(m).__name__ == "Linear4bit")
+    other = sum(p.numel() * 2 for n, p in model.named_parameters() if p.dtype == torch.bfloat16)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert quantised > 0 and trainable > 0
+    state = activation_checkpointing.training_state_bytes(model)
+    assert state == pytest.approx(quantised / 2 + other + 16 * trainable, rel=0.01)
+
+
+def test_speed_callback_logs_tokens_per_second_into_history():
+    from transformers import Qwen2Config, TrainerControl, TrainerState
+
+    # Qwen2.5-0.5B's shape; N by hand from its config.json: 24 layers of q,k,v,o (14 and 2 heads of 64)
+    # and gate/up/down, plus the 151,936 x 896 lm_head.
+    cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+    body, head = 24 * (896 * 64 * (28 + 4) + 3 * 896 * 4864), 151936 * 896
+    meter = throughput.TrainingMeter()
+    callback = throughput.speed_callback(cfg, peak=1e10, meter=meter)
     state = TrainerState()
     state.num_input_tokens_seen, state.global_step = 0, 0
     callback.on_train_begin(None, state, TrainerControl())
     state.num_input_tokens_seen, state.global_step = 5000, 1
+    meter.count_trained(torch.tensor([[-100] * 3500 + [1] * 1500]))  # 1,500 positions whose next token is trained
     logs = {"loss": 1.0}
     state.log_history.append({**logs, "step": 1})
     callback.on_log(None, state, TrainerControl(), logs=logs)
-    assert logs["tokens_per_second"] > 0 and logs["mfu"] > 0
+    seconds = 5000 / logs["tokens_per_second"]
+    # MFU counts the lm_head on the 1,500 labelled positions only, not on all 5,000 tokens.
+    expected = (4 * body * 5000 + 4 * head * 1500) / seconds / 1e10
+    assert logs["mfu"] == pytest.approx(expected, rel=1e-2)
+    charged_to_every_token = 5000 * throughput.model_flops_per_token(cfg) / seconds / 1e10
+    assert 1.2 < charged_to_every_token / logs["mfu"] < 1.3  # the ~25% overstatement on 0.5B at 30% trained
     assert state.log_history[-1]["tokens_per_second"] == logs["tokens_per_second"]
-    summary = throughput.run_speed_summary(1000, 2.0, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                                   "num_attention_heads": 4, "num_key_value_heads": 2,
-                                                   "vocab_size": 151936}, None)
-    assert summary["tokens_per_second"] == 500.0 and summary["mfu"] is None
+    summary = throughput.run_speed_summary(600_000, 180_000, 2.0, cfg, "NVIDIA H100 80GB HBM3")
+    assert summary["tokens_per_second"] == 300_000.0
+    assert summary["mfu"] == pytest.approx((4 * body * 600_000 + 4 * head * 180_000) / 2.0 / 989e12, rel=1e-3)
+    assert throughput.run_speed_summary(1000, 300, 2.0, cfg, None)["mfu"] is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,6 +108,9 @@ def test_qlora_trains_on_a_4bit_base(tmp_path):
     assert isinstance(base.model.layers[0].self_attn.q_proj.base_layer, Linear4bit)
     # Non-quantised weights stay bf16 (no fp32 upcast: pitfalls.md #14).
     assert base.model.norm.weight.dtype == torch.bfloat16
+    # The adapter (and so AdamW's state) stays fp32 as for LoRA, though SFTTrainer casts it to bf16.
+    trainable = {n: p.dtype for n, p in result.model.named_parameters() if p.requires_grad}
+    assert trainable and set(trainable.values()) == {torch.float32}
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 

@@ -22,8 +22,8 @@ VARLEN_ATTENTION = "scion_varlen"
 def varlen_kernel():
     """torch's varlen_attn and the names of its parameters, or (None, ()) where this torch lacks it.
 
-    The signature changed between releases (torch 2.11: causal only as window_size=(-1, 0) and no GQA;
-    2.13 adds enable_gqa), so callers look the parameters up instead of assuming them.
+    The signature changed between releases (torch 2.11: causal only as window_size=(-1, 0) and no GQA
+    flag, though the kernel takes fewer K/V heads; 2.13 adds enable_gqa), so callers look the parameters up instead of assuming them.
     """
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -135,14 +135,19 @@ def _half_dtypes():
 
 
 def _varlen_cuda(kernel, params, q, k, v, cu, max_len, scaling):
-    """One FlashAttention call for the whole row; GQA and causality spelt as this torch names them."""
+    """One FlashAttention call for the whole row; GQA and causality spelt as this torch names them.
+
+    K/V go in with their own (fewer) heads: FlashAttention's varlen kernel shares each K/V head among
+    its group of query heads natively whenever the query heads are a multiple of them. torch 2.13's
+    `enable_gqa` is only a Python check in front of that same kernel, and torch 2.11 has no check at
+    all. Repeating K/V instead would save 8x (Qwen2.5) or 4x (Qwen3) K/V copies for the backward pass.
+    """
     extra: dict[str, Any] = {}
     if q.shape[1] != k.shape[1]:
+        if q.shape[1] % k.shape[1]:
+            raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} key/value heads")
         if "enable_gqa" in params:
             extra["enable_gqa"] = True
-        else:  # torch 2.11: repeat the K/V heads (costs memory, still exact)
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     if "is_causal" in params:
         extra["is_causal"] = True
     else:

@@ -215,11 +215,15 @@ def load_model(base: BaseModel, cfg: ModelConfig, peft: PeftConfig, precision: P
             bnb_4bit_quant_type=peft.quant_type,
             bnb_4bit_use_double_quant=peft.double_quant,
             bnb_4bit_compute_dtype=torch.bfloat16,
-            # Keep everything that is not quantised in bf16 (pitfalls.md #14: fp32 upcasts double memory).
+            # The dtype the packed 4-bit weights are stored in (bf16 lets FSDP shard them with the rest).
+            # What keeps the weights that are not quantised (embeddings, norms, lm_head) in bf16 is
+            # `dtype=` above (pitfalls.md #14: fp32 upcasts double memory).
             bnb_4bit_quant_storage=torch.bfloat16,
         )
         # The current GPU: each rank's own under torchrun (accelerate set it to LOCAL_RANK), else GPU 0.
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    elif str(device).startswith("cuda"):
+        kwargs["device_map"] = {"": device}  # straight onto the GPU: no 6 GB (3B) trip through host memory
     model = AutoModelForCausalLM.from_pretrained(base.local_dir, **kwargs)
     kernels.apply_fused_layer_kernels(model, device)  # Liger's RMSNorm/RoPE/SwiGLU on CUDA, when installed
     # Gated DeltaNet layers (Qwen3.5) restart their state at example boundaries in packed rows.

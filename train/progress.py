@@ -12,7 +12,7 @@ from transformers.trainer_utils import has_length
 class ScionProgress(ProgressCallback):
     """The one tqdm bar (steps, elapsed, ETA) with the latest loss, learning rate, tokens/s and MFU as postfix.
 
-    tokens/s and MFU are put into the logs by speed.speed_callback, which must run before this one.
+    tokens/s and MFU are put into the logs by throughput.speed_callback, which must run before this one.
     """
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):

@@ -390,6 +390,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     if config.trainer.packing:  # seeded, so a resumed run sees the same rows
         train_rows = packing.pack_dataset(data.train, config.data.max_length, seed=config.trainer.seed)
     gpu_name = torch.cuda.get_device_name(0) if device == "cuda" else None
+    meter = throughput.TrainingMeter()  # training tokens and seconds of this process (eval and saves left out)
     trainer = ScionTrainer(
         model=model,
         args=args,
@@ -398,6 +399,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         processing_class=tokenizer,
         resume_fingerprint=fingerprint,
         keep_checkpoints=config.trainer.save_total_limit,
+        meter=meter,
     )
     if config.trainer.distributed == Distributed.fsdp and distributed.launched() and not trainer.is_fsdp_enabled:
         raise ScionError("trainer.distributed=fsdp: accelerate did not enable FSDP2 on this machine; use trainer.distributed=ddp")
@@ -408,8 +410,9 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
           f"{config.trainer.gradient_accumulation_steps} x {world} process{'es' if world > 1 else ''} ({engine})", flush=True)
     trainer.remove_callback(ProgressCallback)
     # tokens/s and MFU into every log (before the progress bar, which shows them)
-    trainer.add_callback(throughput.speed_callback(throughput.model_flops_per_token(model.config), throughput.peak_flops(gpu_name),
-                                                   world))
+    trainer.add_callback(throughput.speed_callback(model.config, throughput.peak_flops(gpu_name), meter, world))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     trainer.add_callback(ScionProgress())
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
@@ -422,14 +425,21 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         raise Preempted(f"preempted at step {trainer.state.global_step}; checkpoint saved in {run_dir / CHECKPOINTS_DIR}. "
                         f"Run the same command with trainer.output_dir={run_dir} to resume")
     trained = time.time()
+    # Speed: this process's training tokens over its seconds of training (a resumed run counts its own
+    # share; building the trainer, evaluation and checkpoint saves are left out).
+    tokens_this_run = int(trainer.state.num_input_tokens_seen - meter.first_tokens)
     metrics: dict[str, Any] = {
         "train_loss": distributed.mean(result.training_loss, args.device),  # each rank's own mean otherwise
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "train_seconds": round(trained - loaded, 2),
+        "tokens_this_run": tokens_this_run,
+        "train_seconds": round(meter.seconds(), 2),
     }
-    metrics.update(throughput.run_speed_summary(metrics["tokens_seen"], trained - loaded, model.config, gpu_name, world))
+    metrics.update(throughput.run_speed_summary(tokens_this_run, meter.trained_tokens(), meter.seconds(), model.config, gpu_name,
+                                                world))
+    if device == "cuda":
+        metrics["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if data.eval is not None:
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics["eval_loss"] = eval_loss

