@@ -28,10 +28,11 @@ STEPS = 6
 
 
 def config_for(output_dir: Path, **trainer) -> ScionConfig:
-    """Gradient accumulation 2 and LoRA dropout on, so RNG and accumulation are part of what must match."""
+    """Gradient accumulation 2 and LoRA dropout on, so RNG and accumulation are part of what must match.
+    Three saves (steps 2, 4, 6) against a limit of two, so rotation has something to delete."""
     settings = dict(output_dir=str(output_dir), max_steps=STEPS, batch_size=2, gradient_accumulation_steps=2,
                     learning_rate=1e-2, precision=Precision.fp32, logging_steps=1,
-                    save_steps=2, save_total_limit=3, seed=7)
+                    save_steps=2, save_total_limit=2, seed=7)
     settings.update(trainer)
     return ScionConfig(
         model=ModelConfig(name_or_path="tiny:qwen2"),
@@ -114,8 +115,9 @@ def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(straight,
 
 
 def test_rotation_keeps_the_newest_complete_checkpoints(straight):
+    # The straight run saved at steps 2, 4 and 6 with save_total_limit=2: the oldest must be gone.
     names = sorted(p.name for p in (straight / "checkpoints").glob("checkpoint-*"))
-    assert names == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert names == ["checkpoint-4", "checkpoint-6"]
     assert all((straight / "checkpoints" / n / MARKER).is_file() for n in names)
 
 
@@ -136,7 +138,7 @@ def test_rotation_with_limit_one_never_leaves_zero(tmp_path):
 
 # ---- 3. preemption ------------------------------------------------------------------------
 class Training:
-    """train.py in a subprocess, with its stderr collected by a thread so the test can watch it."""
+    """train.py in a subprocess, with its stdout and stderr collected by a thread so the test can watch them."""
 
     def __init__(self, tmp_path: Path, run_dir: Path, steps: int):
         import threading
@@ -144,25 +146,29 @@ class Training:
         args = ["recipe=quickstart", f"trainer.output_dir={run_dir}", f"trainer.max_steps={steps}", "trainer.save_steps=1000",
                 "trainer.logging_steps=1", "trainer.batch_size=2", "data.eval=null", "data.max_length=64"]
         self.process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=tmp_path, text=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.stderr: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.stderr.extend(iter(lambda: self.process.stderr.read(256), "")))
+        self.output: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.output.extend(iter(lambda: self.process.stdout.read(1), "")))
         self.reader.start()
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        """Block until `text` shows in the output (stdout and stderr together)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.process.poll() is None:
+            if text in "".join(self.output):
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"never saw {text!r}: {''.join(self.output)[-2000:]}")
 
     def wait_until_training(self, timeout: float = 300) -> None:
         """Block until the progress bar shows a logged loss (training is under way)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.process.poll() is None:
-            if "loss=" in "".join(self.stderr):
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"training never started: {''.join(self.stderr)[-2000:]}")
+        self.wait_for("loss=", timeout)
 
     def finish(self, timeout: float = 300) -> str:
         self.process.wait(timeout=timeout)
         self.reader.join(timeout=30)
-        return "".join(self.stderr)
+        return "".join(self.output)
 
 
 def test_sigterm_checkpoints_at_the_step_boundary_exits_75_and_resumes(tmp_path):
@@ -191,14 +197,29 @@ def test_sigterm_checkpoints_at_the_step_boundary_exits_75_and_resumes(tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["metrics"]["global_step"] == step + 2
 
 
+def test_sigint_checkpoints_and_exits_75_like_sigterm(tmp_path):
+    run_dir = tmp_path / "run"
+    training = Training(tmp_path, run_dir, steps=400)
+    training.wait_until_training()
+    training.process.send_signal(signal.SIGINT)
+    output = training.finish()
+    assert training.process.returncode == 75, (training.process.returncode, output[-2000:])
+    assert "received SIGINT" in output and "stopped: preempted at step" in output and "KeyboardInterrupt" not in output
+    saved = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / MARKER).is_file()]
+    assert len(saved) == 1 and not (run_dir / "run.json").exists()
+
+
 def test_a_second_signal_exits_at_once_without_damage(tmp_path):
+    """The second signal is sent only once the first was handled, so the two are never merged into one."""
     run_dir = tmp_path / "run"
     training = Training(tmp_path, run_dir, steps=400)
     training.wait_until_training()
     training.process.send_signal(signal.SIGTERM)
+    training.wait_for("received SIGTERM")
     training.process.send_signal(signal.SIGTERM)
-    training.finish()
-    assert training.process.returncode in (75, 128 + signal.SIGTERM)
+    output = training.finish()
+    assert training.process.returncode == 128 + signal.SIGTERM, (training.process.returncode, output[-2000:])
+    assert "stopped: preempted" not in output
     for checkpoint in (run_dir / "checkpoints").glob("checkpoint-*"):
         assert (checkpoint / MARKER).is_file(), f"{checkpoint} is incomplete but in place"
 

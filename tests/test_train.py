@@ -29,14 +29,15 @@ def tiny_config(output_dir, method=PeftMethod.lora, steps=3, **trainer) -> Scion
 
 def test_train_py_leaves_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
-    result = run_script("train.py", "recipe=quickstart", "trainer.max_steps=4", "trainer.save_steps=2",
+    result = run_script("train.py", "recipe=quickstart", "trainer.max_steps=4", "trainer.save_steps=1",
                         "trainer.logging_steps=1", f"trainer.output_dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     adapter = out / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert (adapter / name).is_file(), name
     assert not (adapter / "README.md").exists()
-    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # four saves, save_total_limit=2 (the default): rotation deleted the two oldest
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
 
     run = json.loads((out / "run.json").read_text())
     assert run["recipe"] == "quickstart"
