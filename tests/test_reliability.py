@@ -225,17 +225,55 @@ def test_a_second_signal_exits_at_once_without_damage(tmp_path):
 
 
 # ---- 4. changed config ----------------------------------------------------------------------
-def test_resume_refuses_each_changed_setting_unless_allowed(tmp_path):
-    from train.checkpoints import check_resume_config, commit_checkpoint
+def unfinished_copy_of(straight: Path, run_dir: Path, step: int = 4) -> Path:
+    """A run directory holding only the straight run's checkpoint-<step>: an unfinished run to resume."""
+    shutil.copytree(straight / "checkpoints" / f"checkpoint-{step}", run_dir / "checkpoints" / f"checkpoint-{step}")
+    return run_dir
 
-    saved = {"trainer.batch_size": 2, "peft.r": 4, "data.fingerprints": ["abc"], "base_revision": "x"}
-    staged = tmp_path / STAGING / "checkpoint-2"
-    staged.mkdir(parents=True)
-    commit_checkpoint(staged, tmp_path / "checkpoint-2", {"step": 2, "resume_fingerprint": saved})
-    for key, value in (("trainer.batch_size", 4), ("peft.r", 8), ("data.fingerprints", ["def"]), ("base_revision", "y")):
-        with pytest.raises(ScionError, match=f"{key}: "):
-            check_resume_config(tmp_path / "checkpoint-2", {**saved, key: value}, allow_change=False)
-        check_resume_config(tmp_path / "checkpoint-2", {**saved, key: value}, allow_change=True)
+
+def test_resume_refuses_each_changed_setting_unless_allowed(straight, tmp_path, capsys):
+    """Against the fingerprint train() itself recorded in the checkpoint, not one built by the test."""
+    from train.run import train
+
+    run_dir = unfinished_copy_of(straight, tmp_path / "run")
+    other_data = write_jsonl(tmp_path / "other.jsonl", [json.loads(line) for line in DATA.read_text().splitlines()[:40]])
+    changes = {
+        "trainer.batch_size": lambda c: setattr(c.trainer, "batch_size", 4),
+        "peft.r": lambda c: setattr(c.peft, "r", 8),
+        "data.fingerprints": lambda c: setattr(c.data, "train", str(other_data)),
+        "base": lambda c: setattr(c.model, "name_or_path", "tiny:qwen3"),
+        "base_revision": lambda c: setattr(c.model, "revision", "v2"),
+    }
+    for key, change in changes.items():
+        config = config_for(run_dir)
+        change(config)
+        with pytest.raises(ScionError, match=rf"the config changed since checkpoint-4 \({key}: "):
+            train(config)
+    assert not (run_dir / "run.json").exists()
+
+    # Allowed: the run resumes (with a warning naming the difference) and continues the same steps.
+    config = config_for(run_dir)
+    config.model.revision, config.trainer.allow_config_change = "v2", True
+    capsys.readouterr()
+    train(config)
+    out = capsys.readouterr().out
+    assert "warning: resuming checkpoint-4 with a changed config: base_revision: None -> 'v2'" in out
+    assert f"resuming from {run_dir / 'checkpoints' / 'checkpoint-4'}" in out
+    assert json.loads((run_dir / "run.json").read_text())["base"]["revision"] == "v2"
+    assert_same_run(run_dir, straight)  # only the label changed, so the steps are the straight run's
+
+
+def test_resume_never_refuses_checkpoints_and_resume_path_picks_that_checkpoint(straight, tmp_path):
+    from train.run import train
+
+    run_dir = unfinished_copy_of(straight, tmp_path / "run")
+    with pytest.raises(ScionError, match="holds checkpoints of an unfinished run and trainer.resume=never"):
+        train(config_for(run_dir, resume="never"))
+
+    # A checkpoint path (here another run's) is resumed even though the output directory is empty.
+    elsewhere = tmp_path / "elsewhere"
+    train(config_for(elsewhere, resume=str(straight / "checkpoints" / "checkpoint-4")))
+    assert_same_run(elsewhere, straight)
 
 
 def test_resume_fingerprint_covers_every_setting_that_changes_the_steps(tmp_path):
