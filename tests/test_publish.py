@@ -290,7 +290,7 @@ def test_publish_py_command_line(hub_server, trained, tmp_path):
 
 def test_train_from_a_hub_id_then_publish_and_retrain_from_the_hub_recipe(hub_server, tiny_qwen2_dir, tmp_path):
     """Download, training, publishing and lineage all for real, against the test server."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi()
     api.create_repo(BASE_ID)
@@ -303,7 +303,9 @@ def test_train_from_a_hub_id_then_publish_and_retrain_from_the_hub_recipe(hub_se
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert (run["base"]["hub_id"], run["base"]["commit_sha"]) == (BASE_ID, base_sha)
-    assert f"base_model:adapter:{BASE_ID}" in api.model_info("me/from-hub").tags
+    assert f"base_model:adapter:{BASE_ID}" in api.model_info("me/from-hub").tags  # from the card's own relation
+    meta = card_metadata(Path(hf_hub_download("me/from-hub", "README.md")))
+    assert (meta["base_model"], meta["base_model_relation"]) == (BASE_ID, "adapter")
     again = run_script("train.py", "recipe=hub:me/from-hub", "--cfg", "job", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert yaml.safe_load(again.stdout)["model"]["name_or_path"] == BASE_ID
