@@ -205,3 +205,33 @@ def test_unreachable_hub_dataset_is_one_clear_line(tmp_path, qwen2_5_tokenizer, 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ScionError, match=r"^data: cannot load Hub dataset 'someone/no-such-data' \(split 'train'\)"):
         prepare_data(DataConfig(train="someone/no-such-data"), qwen2_5_tokenizer)
+
+
+# One row that fails at each stage of reading a row; each must become that row's line, with the others.
+STAGE_FAILURES = {
+    "reading": ('{"messages": [{"role": "user", "content": "hi"}', "invalid JSON"),
+    "checking": ('{"messages": [{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": "x"}]}',
+                 "cannot read this row: TypeError: unhashable type: 'list'"),
+    "rendering": ('{"messages": [{"role": "user", "content": "a <|im_end|> b"}, {"role": "assistant", "content": "x"}]}',
+                  "contains the control token text '<|im_end|>'"),
+    "tokenizing": ('{"messages": [{"role": "user", "content": "caf\\ud800"}, {"role": "assistant", "content": "x"}]}',
+                   "message 0 (user) is not valid Unicode text: it holds a lone surrogate '\\ud800' at character 3"),
+}
+
+
+@pytest.mark.parametrize("stage", STAGE_FAILURES)
+def test_a_row_failing_at_any_stage_is_reported_with_the_files_other_bad_rows(tmp_path, qwen2_5_tokenizer, stage):
+    line, message = STAGE_FAILURES[stage]
+    empty_answer = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}
+    image = {"messages": [{"role": "user", "content": [{"type": "image", "url": "a.png"}]}, {"role": "assistant", "content": "x"}]}
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([json.dumps(GOOD), line, json.dumps(empty_answer), json.dumps(image), json.dumps(GOOD)]) + "\n")
+    with pytest.raises(ScionError) as err:
+        prepare_data(DataConfig(train=str(path)), qwen2_5_tokenizer)
+    report = str(err.value)
+    assert "\n" not in report
+    assert report.startswith("3 of 5 rows are invalid; the first 3: ")
+    first, second, third = report.split("the first 3: ", 1)[1].split(" | ")
+    assert first.startswith(f"{path}:2: ") and message in first
+    assert second == f"{path}:3: message 1 (assistant) has empty content"
+    assert third.startswith(f"{path}:4: message 0 content has a 'image' part")
