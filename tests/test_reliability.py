@@ -197,6 +197,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_exits_75_and_resumes(tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["metrics"]["global_step"] == step + 2
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_and_exits_75_like_sigterm(tmp_path):
     run_dir = tmp_path / "run"
     training = Training(tmp_path, run_dir, steps=400)
@@ -209,6 +210,7 @@ def test_sigint_checkpoints_and_exits_75_like_sigterm(tmp_path):
     assert len(saved) == 1 and not (run_dir / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_without_damage(tmp_path):
     """The second signal is sent only once the first was handled, so the two are never merged into one."""
     run_dir = tmp_path / "run"
@@ -231,6 +233,7 @@ def unfinished_copy_of(straight: Path, run_dir: Path, step: int = 4) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_resume_refuses_each_changed_setting_unless_allowed(straight, tmp_path, capsys):
     """Against the fingerprint train() itself recorded in the checkpoint, not one built by the test."""
     from train.run import train
@@ -263,6 +266,7 @@ def test_resume_refuses_each_changed_setting_unless_allowed(straight, tmp_path, 
     assert_same_run(run_dir, straight)  # only the label changed, so the steps are the straight run's
 
 
+@pytest.mark.slow
 def test_resume_never_refuses_checkpoints_and_resume_path_picks_that_checkpoint(straight, tmp_path):
     from train.run import train
 
@@ -272,8 +276,14 @@ def test_resume_never_refuses_checkpoints_and_resume_path_picks_that_checkpoint(
 
     # A checkpoint path (here another run's) is resumed even though the output directory is empty.
     elsewhere = tmp_path / "elsewhere"
-    train(config_for(elsewhere, resume=str(straight / "checkpoints" / "checkpoint-4")))
+    result = train(config_for(elsewhere, resume=str(straight / "checkpoints" / "checkpoint-4")))
     assert_same_run(elsewhere, straight)
+    # tokens/s of a resumed run counts only the steps it ran (5 and 6), over its own training loop.
+    history = json.loads((straight / "run.json").read_text())["log_history"]
+    seen = {entry["step"]: entry["num_input_tokens_seen"] for entry in history if "loss" in entry}
+    metrics = result.run["metrics"]
+    assert metrics["tokens_seen"] == seen[6]
+    assert metrics["tokens_per_second"] == pytest.approx((seen[6] - seen[4]) / result.run["log_history"][-1]["train_runtime"], rel=0.01)
 
 
 def test_resume_fingerprint_covers_every_setting_that_changes_the_steps(tmp_path):

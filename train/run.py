@@ -6,6 +6,7 @@ checked before the output directory is created or any weights are loaded.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -319,6 +320,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     preemption.install()
+    train_started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
@@ -332,9 +334,13 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "train_seconds": round(trained - loaded, 2),
+        # transformers' own timer of the training loop: no loading, trainer setup or checkpoint restore
+        "train_seconds": round(result.metrics["train_runtime"], 2),
     }
-    metrics.update(speed.run_speed_summary(metrics["tokens_seen"], trained - loaded, model.config, gpu_name))
+    # tokens/s over this call's steps only: a resumed run's tokens_seen includes the steps before it.
+    tokens_before = json.loads((resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if resume_from else 0
+    metrics.update(speed.run_speed_summary(metrics["tokens_seen"] - tokens_before, result.metrics["train_runtime"],
+                                           model.config, gpu_name))
     if data.eval is not None:
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics["eval_loss"] = eval_loss
@@ -363,8 +369,8 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
             "started_at": started_at,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "preflight_seconds": round(data_done - started, 2),
-            "load_seconds": round(loaded - data_done, 2),
-            "train_seconds": round(trained - loaded, 2),
+            "load_seconds": round(train_started - data_done, 2),  # the model, the adapter and the trainer
+            "train_seconds": round(trained - train_started, 2),
             "total_seconds": round(finished - started, 2),
         },
     }
