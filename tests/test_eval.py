@@ -180,6 +180,36 @@ def test_the_checkpoints_own_sampling_settings_do_not_leak_into_greedy_decoding(
     assert qwen == plain
 
 
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny_qwen2_dir, qwen2_5_tokenizer):
+    """Prompts of different lengths in one batch (so most are padded) give what each gives alone, decoded
+    here with plain model.generate on the unpadded prompt."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from eval.scoring import generate_all
+
+    tok = qwen2_5_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+    # The tiny model's embeddings are ~25x larger than its layer outputs and its head is tied to them, so
+    # it predicts roughly its last input token whatever came before. Shrunk input embeddings and a seeded
+    # random head let the context, and any padding leaking into it, decide the greedy token.
+    weight = model.get_output_embeddings().weight.detach().clone()
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    model.get_input_embeddings().weight = torch.nn.Parameter(weight * 0.04)
+    model.generation_config = GenerationConfig()  # nothing from the checkpoint's generation_config.json
+    prompts = [[{"role": "user", "content": " ".join([word] * n)}] for word, n in zip(WORDS, (1, 4, 9, 2))]
+    batched = generate_all(model, tok, prompts, EvalConfig(max_new_tokens=6, batch_size=4), desc="batched")
+    stops = {151643, 151645}
+    for prompt, generation in zip(prompts, batched):
+        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6,
+                                 eos_token_id=sorted(stops), pad_token_id=151643)[0, ids.shape[1]:].tolist()
+        kept = new[:next((i for i, t in enumerate(new) if t in stops), len(new))]
+        assert (generation.text, generation.tokens) == (tok.decode(kept, skip_special_tokens=True), len(kept))
+
+
 def test_eval_py_reloads_the_run_and_matches_the_in_memory_evaluation(echo, tmp_path):
     result, in_memory = echo
     run = copy_run(result.run_dir, tmp_path / "run")
