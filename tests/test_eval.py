@@ -210,6 +210,30 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny_qwen2_d
         assert (generation.text, generation.tokens) == (tok.decode(kept, skip_special_tokens=True), len(kept))
 
 
+def test_card_model_index_holds_the_finetunes_values_from_results_json(echo, tmp_path):
+    import yaml
+
+    from publish.run import publish_run
+    from train.config import PublishConfig
+
+    result, _ = echo
+    run_dir = copy_run(result.run_dir, tmp_path / "run")
+    shutil.copytree(result.run_dir / "eval", run_dir / "eval")
+    run = json.loads((run_dir / "run.json").read_text())
+    run["base"]["hub_id"] = "scion-test/tiny-qwen2"  # a tiny: base has no Hub id; the card needs one
+    (run_dir / "run.json").write_text(json.dumps(run))
+    publish_run(run_dir, PublishConfig(repo_id="me/echo", dry_run=True))
+    card = yaml.safe_load((run_dir / "publish" / "adapter" / "README.md").read_text().split("---", 2)[1])
+    in_card = {m["type"]: m["value"] for entry in card["model-index"] for r in entry["results"] for m in r["metrics"]}
+    written = json.loads((run_dir / "eval" / "results.json").read_text())["metrics"]
+    finetune = {name: values["finetune"] for name, values in written.items()
+                if isinstance(values, dict) and values.get("finetune") is not None}
+    assert finetune and in_card.keys() == finetune.keys()
+    for name, value in finetune.items():
+        assert in_card[name] == pytest.approx(value, abs=1e-6), name
+    assert in_card["loss"] != pytest.approx(written["loss"]["base"])  # the fine-tune's, not the base's
+
+
 def test_eval_py_reloads_the_run_and_matches_the_in_memory_evaluation(echo, tmp_path):
     result, in_memory = echo
     run = copy_run(result.run_dir, tmp_path / "run")

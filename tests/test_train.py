@@ -53,6 +53,12 @@ def test_train_py_leaves_a_complete_run_directory(tmp_path):
     # The progress bar shows loss and tokens/s; the data report shows counts.
     assert "loss=" in result.stderr and "tok/s=" in result.stderr
     assert "data[train]: 320 examples" in result.stdout
+    # The fine-tune was evaluated against its base at the end: results, samples and both plots.
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["metrics"]["loss"]["finetune"] == pytest.approx(run["metrics"]["eval_loss"], rel=1e-3)
+    assert (out / "eval" / "samples.jsonl").read_text().strip()
+    for plot in ("loss_curves.png", "metrics.png"):
+        assert (out / "eval" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
 
     # recipe.yaml is the full resolved config, and re-running from it works.
     saved = OmegaConf.load(out / "recipe.yaml")
