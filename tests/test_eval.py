@@ -122,6 +122,33 @@ def test_lm_eval_runs_a_local_task_and_skips_one_without_local_data(echo):
     assert "\n" not in skipped["reason"]
 
 
+def test_lm_eval_accuracy_is_what_the_fixture_gives_by_hand(echo):
+    """scion_capitals scores each choice by the summed log-probability of " <choice>" after the question;
+    the accuracy is the share of rows whose best choice is the answer. Computed here for base and fine-tune."""
+    result, results = echo
+    model, tok = result.model, result.tokenizer
+    rows = [json.loads(line) for line in (LM_EVAL_TASKS / "capitals.jsonl").read_text().splitlines() if line.strip()]
+
+    def accuracy() -> float:
+        correct = 0
+        for row in rows:
+            context = f"Question: What is the capital of {row['country']}?\nAnswer:"
+            scores = []
+            for choice in row["choices"]:
+                whole = tok(context + " " + choice, add_special_tokens=False)["input_ids"]
+                start = len(tok(context, add_special_tokens=False)["input_ids"])
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([whole])).logits[0].float().log_softmax(-1)
+                scores.append(sum(logits[i - 1, whole[i]].item() for i in range(start, len(whole))))
+            correct += max(range(len(scores)), key=scores.__getitem__) == row["answer"]
+        return correct / len(rows)
+
+    with model.disable_adapter():
+        base = accuracy()
+    accuracy_in_results = results["harness"]["results"]["scion_capitals"]["acc"]
+    assert (accuracy_in_results["base"], accuracy_in_results["finetune"]) == (base, accuracy())
+
+
 def never_stopping(base_dir: Path, tokenizer):
     """The tiny base with an untied lm_head whose <|im_end|> and <|endoftext|> rows are zero: their
     logits are exactly 0, below the largest of ~152k random logits, so greedy never picks them."""
