@@ -320,6 +320,9 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     preemption.install()
+    # tokens/s counts this call's steps only: a resumed run's tokens_seen includes the steps before it.
+    # Read now: rotation may delete the checkpoint during training.
+    tokens_before = json.loads((resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if resume_from else 0
     train_started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -337,8 +340,6 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
         # transformers' own timer of the training loop: no loading, trainer setup or checkpoint restore
         "train_seconds": round(result.metrics["train_runtime"], 2),
     }
-    # tokens/s over this call's steps only: a resumed run's tokens_seen includes the steps before it.
-    tokens_before = json.loads((resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if resume_from else 0
     metrics.update(speed.run_speed_summary(metrics["tokens_seen"] - tokens_before, result.metrics["train_runtime"],
                                            model.config, gpu_name))
     if data.eval is not None:
