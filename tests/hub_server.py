@@ -304,17 +304,6 @@ def infer_library(paths: set[str]) -> str | None:
     return None
 
 
-def infer_base_model_relation(card: dict, paths: set[str], library: str | None) -> str:
-    # Mirrors the Hub's documented inference when the card does not set base_model_relation.
-    if library == "peft" or "adapter_config.json" in paths:
-        return "adapter"
-    if any(path.endswith(".gguf") for path in paths):
-        return "quantized"
-    if len(_as_list(card.get("base_model"))) > 1:
-        return "merge"
-    return "finetune"
-
-
 def derive_tags(repo_type: str, card: dict, paths: set[str]) -> list[str]:
     """Tags the Hub computes for a repo from its card and files (the subset Scion relies on)."""
     tags: list[str] = []
@@ -332,10 +321,13 @@ def derive_tags(repo_type: str, card: dict, paths: set[str]) -> list[str]:
     tags.extend(str(language) for language in _as_list(card.get("language")))
     bases = [base for base in _as_list(card.get("base_model")) if isinstance(base, str)]
     if bases and repo_type == "model":
-        relation = card.get("base_model_relation") or infer_base_model_relation(card, paths, library)
+        # The Hub may infer a missing relation from the files; this server never does, so a card that
+        # forgets base_model_relation shows here (a test server must not be more forgiving than the Hub).
+        relation = card.get("base_model_relation")
         for base in bases:
             tags.append(f"base_model:{base}")
-            tags.append(f"base_model:{relation}:{base}")
+            if relation:
+                tags.append(f"base_model:{relation}:{base}")
     for license_name in _as_list(card.get("license")):
         tags.append(f"license:{license_name}")
     tags.append("region:us")

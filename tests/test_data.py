@@ -101,6 +101,47 @@ def test_content_given_as_text_parts_trains_like_a_string(tmp_path, qwen2_5_toke
     assert prep(tmp_path, qwen2_5_tokenizer, [{"messages": parts}]).train[0] == prep(tmp_path, qwen2_5_tokenizer, [{"messages": plain}]).train[0]
 
 
+def test_json_array_file_reads_like_jsonl_and_names_the_item(tmp_path, qwen2_5_tokenizer):
+    rows = [{"prompt": "Say hi", "completion": "hi"}, {"prompt": "Say bye", "completion": "bye"}]
+    (tmp_path / "train.json").write_text(json.dumps(rows, indent=2))
+    from_array = prepare_data(DataConfig(train=str(tmp_path / "train.json")), qwen2_5_tokenizer)
+    from_lines = prep(tmp_path, qwen2_5_tokenizer, rows)
+    assert from_array.train["input_ids"] == from_lines.train["input_ids"] and len(from_array.train) == 2
+    (tmp_path / "train.json").write_text(json.dumps([rows[0], {"prompt": "Say bye", "completion": 5}]))
+    with pytest.raises(ScionError, match=r"train.json item 2: 'completion' must be a string, got int"):
+        prepare_data(DataConfig(train=str(tmp_path / "train.json")), qwen2_5_tokenizer)
+
+
+def test_data_format_forces_the_format_instead_of_detecting_it(tmp_path, qwen2_5_tokenizer):
+    """A row with both layouts is read as messages by detection, as prompt/completion when forced."""
+    from train.config import DataFormat
+
+    both = {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}],
+            "prompt": "Say bye", "completion": "bye"}
+    detected = prep(tmp_path, qwen2_5_tokenizer, [both])
+    forced = prep(tmp_path, qwen2_5_tokenizer, [both], format=DataFormat.prompt_completion)
+    expected_detected = tokenize_conversation(both["messages"], qwen2_5_tokenizer)[0]
+    expected_forced = tokenize_conversation([{"role": "user", "content": "Say bye"}, {"role": "assistant", "content": "bye"}],
+                                            qwen2_5_tokenizer)[0]
+    assert detected.train[0]["input_ids"] == expected_detected and forced.train[0]["input_ids"] == expected_forced
+    assert forced.sources[0]["format"] == "prompt_completion"
+    with pytest.raises(ScionError, match=r"train.jsonl:1: 'instruction' must be a string, got NoneType"):
+        prep(tmp_path, qwen2_5_tokenizer, [both], format=DataFormat.instruction)
+
+
+def test_system_prompt_replaces_qwens_default_and_stays_untrained(tmp_path, qwen2_5_tokenizer):
+    tok = qwen2_5_tokenizer
+    data = prep(tmp_path, tok, [{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]},
+                                {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Say hi"},
+                                              {"role": "assistant", "content": "hi"}]}], system_prompt="Be brief.")
+    # ChatML written out by hand: the configured system prompt, not Qwen's default one.
+    expected = encode(tok, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSay hi<|im_end|>\n"
+                           "<|im_start|>assistant\nhi<|im_end|>\n")
+    assert data.train[0]["input_ids"] == expected
+    assert [x for x in data.train[0]["labels"] if x != -100] == encode(tok, "hi") + [IM_END]
+    assert "Be kind." in tok.decode(data.train[1]["input_ids"])  # a row's own system message is kept
+
+
 def test_eval_file_in_another_format_than_the_train_file(tmp_path, qwen2_5_tokenizer):
     """Teams often keep chat logs for training and a prompt/completion file of test questions."""
     tok = qwen2_5_tokenizer
@@ -206,3 +247,33 @@ def test_unreachable_hub_dataset_is_one_clear_line(tmp_path, qwen2_5_tokenizer, 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ScionError, match=r"^data.train: cannot load Hub dataset 'someone/no-such-data' \(split 'train'\)"):
         prepare_data(DataConfig(train="someone/no-such-data"), qwen2_5_tokenizer)
+
+
+# One row that fails at each stage of reading a row; each must become that row's line, with the others.
+STAGE_FAILURES = {
+    "reading": ('{"messages": [{"role": "user", "content": "hi"}', "invalid JSON"),
+    "checking": ('{"messages": [{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": "x"}]}',
+                 "cannot read this row: TypeError: unhashable type: 'list'"),
+    "rendering": ('{"messages": [{"role": "user", "content": "a <|im_end|> b"}, {"role": "assistant", "content": "x"}]}',
+                  "contains the control token text '<|im_end|>'"),
+    "tokenizing": ('{"messages": [{"role": "user", "content": "caf\\ud800"}, {"role": "assistant", "content": "x"}]}',
+                   "message 0 (user) is not valid Unicode text: it holds a lone surrogate '\\ud800' at character 3"),
+}
+
+
+@pytest.mark.parametrize("stage", STAGE_FAILURES)
+def test_a_row_failing_at_any_stage_is_reported_with_the_files_other_bad_rows(tmp_path, qwen2_5_tokenizer, stage):
+    line, message = STAGE_FAILURES[stage]
+    empty_answer = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}
+    image = {"messages": [{"role": "user", "content": [{"type": "image", "url": "a.png"}]}, {"role": "assistant", "content": "x"}]}
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([json.dumps(GOOD), line, json.dumps(empty_answer), json.dumps(image), json.dumps(GOOD)]) + "\n")
+    with pytest.raises(ScionError) as err:
+        prepare_data(DataConfig(train=str(path)), qwen2_5_tokenizer)
+    report = str(err.value)
+    assert "\n" not in report
+    assert report.startswith("3 of 5 rows are invalid; the first 3: ")
+    first, second, third = report.split("the first 3: ", 1)[1].split(" | ")
+    assert first.startswith(f"{path}:2: ") and message in first
+    assert second == f"{path}:3: message 1 (assistant) has empty content"
+    assert third.startswith(f"{path}:4: message 0 content has a 'image' part")

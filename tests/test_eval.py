@@ -122,6 +122,33 @@ def test_lm_eval_runs_a_local_task_and_skips_one_without_local_data(echo):
     assert "\n" not in skipped["reason"]
 
 
+def test_lm_eval_accuracy_is_what_the_fixture_gives_by_hand(echo):
+    """scion_capitals scores each choice by the summed log-probability of " <choice>" after the question;
+    the accuracy is the share of rows whose best choice is the answer. Computed here for base and fine-tune."""
+    result, results = echo
+    model, tok = result.model, result.tokenizer
+    rows = [json.loads(line) for line in (LM_EVAL_TASKS / "capitals.jsonl").read_text().splitlines() if line.strip()]
+
+    def accuracy() -> float:
+        correct = 0
+        for row in rows:
+            context = f"Question: What is the capital of {row['country']}?\nAnswer:"
+            scores = []
+            for choice in row["choices"]:
+                whole = tok(context + " " + choice, add_special_tokens=False)["input_ids"]
+                start = len(tok(context, add_special_tokens=False)["input_ids"])
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([whole])).logits[0].float().log_softmax(-1)
+                scores.append(sum(logits[i - 1, whole[i]].item() for i in range(start, len(whole))))
+            correct += max(range(len(scores)), key=scores.__getitem__) == row["answer"]
+        return correct / len(rows)
+
+    with model.disable_adapter():
+        base = accuracy()
+    accuracy_in_results = results["harness"]["results"]["scion_capitals"]["acc"]
+    assert (accuracy_in_results["base"], accuracy_in_results["finetune"]) == (base, accuracy())
+
+
 def never_stopping(base_dir: Path, tokenizer):
     """The tiny base with an untied lm_head whose <|im_end|> and <|endoftext|> rows are zero: their
     logits are exactly 0, below the largest of ~152k random logits, so greedy never picks them."""
@@ -178,6 +205,60 @@ def test_the_checkpoints_own_sampling_settings_do_not_leak_into_greedy_decoding(
                                                eos_token_id=[151645, 151643], pad_token_id=151643)
     qwen = [g.text for g in generate_all(model, qwen2_5_tokenizer, prompts, config, desc="qwen defaults")]
     assert qwen == plain
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny_qwen2_dir, qwen2_5_tokenizer):
+    """Prompts of different lengths in one batch (so most are padded) give what each gives alone, decoded
+    here with plain model.generate on the unpadded prompt."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from eval.scoring import generate_all
+
+    tok = qwen2_5_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+    # The tiny model's embeddings are ~25x larger than its layer outputs and its head is tied to them, so
+    # it predicts roughly its last input token whatever came before. Shrunk input embeddings and a seeded
+    # random head let the context, and any padding leaking into it, decide the greedy token.
+    weight = model.get_output_embeddings().weight.detach().clone()
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    model.get_input_embeddings().weight = torch.nn.Parameter(weight * 0.04)
+    model.generation_config = GenerationConfig()  # nothing from the checkpoint's generation_config.json
+    prompts = [[{"role": "user", "content": " ".join([word] * n)}] for word, n in zip(WORDS, (1, 4, 9, 2))]
+    batched = generate_all(model, tok, prompts, EvalConfig(max_new_tokens=6, batch_size=4), desc="batched")
+    stops = {151643, 151645}
+    for prompt, generation in zip(prompts, batched):
+        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6,
+                                 eos_token_id=sorted(stops), pad_token_id=151643)[0, ids.shape[1]:].tolist()
+        kept = new[:next((i for i, t in enumerate(new) if t in stops), len(new))]
+        assert (generation.text, generation.tokens) == (tok.decode(kept, skip_special_tokens=True), len(kept))
+
+
+def test_card_model_index_holds_the_finetunes_values_from_results_json(echo, tmp_path):
+    import yaml
+
+    from publish.run import publish_run
+    from train.config import PublishConfig
+
+    result, _ = echo
+    run_dir = copy_run(result.run_dir, tmp_path / "run")
+    shutil.copytree(result.run_dir / "eval", run_dir / "eval")
+    run = json.loads((run_dir / "run.json").read_text())
+    run["base"]["hub_id"] = "scion-test/tiny-qwen2"  # a tiny: base has no Hub id; the card needs one
+    (run_dir / "run.json").write_text(json.dumps(run))
+    publish_run(run_dir, PublishConfig(repo_id="me/echo", dry_run=True))
+    card = yaml.safe_load((run_dir / "publish" / "adapter" / "README.md").read_text().split("---", 2)[1])
+    in_card = {m["type"]: m["value"] for entry in card["model-index"] for r in entry["results"] for m in r["metrics"]}
+    written = json.loads((run_dir / "eval" / "results.json").read_text())["metrics"]
+    finetune = {name: values["finetune"] for name, values in written.items()
+                if isinstance(values, dict) and values.get("finetune") is not None}
+    assert finetune and in_card.keys() == finetune.keys()
+    for name, value in finetune.items():
+        assert in_card[name] == pytest.approx(value, abs=1e-6), name
+    assert in_card["loss"] != pytest.approx(written["loss"]["base"])  # the fine-tune's, not the base's
 
 
 def test_eval_py_reloads_the_run_and_matches_the_in_memory_evaluation(echo, tmp_path):

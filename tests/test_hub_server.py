@@ -205,13 +205,16 @@ def test_model_info_tags_derived_from_card(api, repo):
     assert info.library_name == "peft"
 
 
-def test_base_model_relation_is_inferred_when_missing(api, repo):
+def test_base_model_relation_is_never_inferred(api, repo):
+    """Only a relation the card states gives a base_model:<relation>: tag, so a card without one is caught."""
     card = f"---\nbase_model: {BASE}\n---\n"
     api.create_commit(
         repo, operations=[_add("README.md", card.encode()), _add("adapter_config.json", b"{}")], commit_message="card"
     )
 
-    assert f"base_model:adapter:{BASE}" in api.model_info(repo).tags
+    tags = api.model_info(repo).tags
+    assert f"base_model:{BASE}" in tags
+    assert not [tag for tag in tags if tag.startswith("base_model:") and tag.count(":") == 2]
 
 
 def test_invalid_card_metadata_is_rejected(api, hub_server, repo):

@@ -348,7 +348,7 @@ def test_train_from_a_hub_id_then_publish_and_retrain_from_the_hub_recipe(hub_se
     """
     import shlex
 
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi()
     api.create_repo(BASE_ID)
@@ -366,7 +366,9 @@ def test_train_from_a_hub_id_then_publish_and_retrain_from_the_hub_recipe(hub_se
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert (run["base"]["hub_id"], run["base"]["commit_sha"]) == (BASE_ID, base_sha)
-    assert f"base_model:adapter:{BASE_ID}" in api.model_info("me/from-hub").tags
+    assert f"base_model:adapter:{BASE_ID}" in api.model_info("me/from-hub").tags  # from the card's own relation
+    meta = card_metadata(Path(hf_hub_download("me/from-hub", "README.md")))
+    assert (meta["base_model"], meta["base_model_relation"]) == (BASE_ID, "adapter")
     typed = shlex.join(["python", "train.py", *args])
     assert run["command"] == typed and "file_0" not in run["command"]
     card = (out / "publish" / "adapter" / "README.md").read_text()
@@ -388,3 +390,65 @@ def test_train_from_a_hub_id_then_publish_and_retrain_from_the_hub_recipe(hub_se
     overridden = run_script("train.py", "recipe=hub:me/from-hub", f"data.train={mine}", "--cfg", "job", cwd=tmp_path)
     assert overridden.returncode == 0, overridden.stderr[-2000:]
     assert yaml.safe_load(overridden.stdout)["data"]["train"] == str(mine)
+
+def test_dry_run_writes_exactly_the_files_a_real_push_uploads(hub_server, trained, tmp_path):
+    """The whole file list and every file's bytes, for both kinds that stage weights from the run."""
+    import hashlib
+
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from publish.run import publish_run
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    run_dir = fresh_run(trained, tmp_path)
+    kinds = [DerivativeKind.adapter, DerivativeKind.merged]
+    publish_run(run_dir, PublishConfig(repo_id="me/planned", kinds=kinds, dry_run=True))
+    planned = {kind.value: {p.relative_to(run_dir / "publish" / kind.value).as_posix(): digest(p)
+                            for p in (run_dir / "publish" / kind.value).rglob("*") if p.is_file()} for kind in kinds}
+    shutil.rmtree(run_dir / "publish")  # the real push stages again from scratch
+
+    publish_run(run_dir, PublishConfig(repo_id="me/planned", kinds=kinds))
+    api = HfApi()
+    for kind, repo in (("adapter", "me/planned"), ("merged", "me/planned-merged")):
+        uploaded = {name: digest(Path(hf_hub_download(repo, name))) for name in api.list_repo_files(repo)
+                    if name != ".gitattributes"}  # written by the server when the repo is created
+        assert uploaded == planned[kind], kind
+
+
+def test_license_is_read_from_the_hub_card_when_the_snapshot_has_no_readme(hub_server, trained, tmp_path, tiny_qwen2_dir):
+    from huggingface_hub import HfApi
+
+    from publish.run import publish_run
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_qwen2_dir, base, ignore=shutil.ignore_patterns("README.md"))
+    api = HfApi()
+    api.create_repo("someone/mit-base")
+    api.upload_file(repo_id="someone/mit-base", path_or_fileobj=b"---\nlicense: mit\n---\n# a base\n", path_in_repo="README.md")
+    run_dir = fresh_run(trained, tmp_path)
+    run = json.loads((run_dir / "run.json").read_text())
+    run["base"].update(local_dir=str(base), hub_id="someone/mit-base")
+    (run_dir / "run.json").write_text(json.dumps(run))
+    publish_run(run_dir, PublishConfig(repo_id="me/mit", dry_run=True))
+    meta = card_metadata(run_dir / "publish" / "adapter" / "README.md")
+    assert (meta["license"], meta["base_model"]) == ("mit", "someone/mit-base")
+
+
+def test_private_repo_with_the_token_from_hf_auth_login(hub_server, trained, tmp_path, monkeypatch):
+    """No HF_TOKEN: publish.py finds the token `hf auth login` stored under HF_HOME, and never prints it."""
+    from huggingface_hub import HfApi, login
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from tests.hub_server import WRITE_TOKEN
+
+    monkeypatch.delenv("HF_TOKEN")
+    login(token=WRITE_TOKEN, add_to_git_credential=False)  # what `hf auth login` does: a token file under HF_HOME
+    run_dir = fresh_run(trained, tmp_path)
+    result = run_script("publish.py", f"run_dir={run_dir}", "repo_id=me/secret", "kind=adapter", "private=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert WRITE_TOKEN not in result.stdout + result.stderr
+    assert HfApi(token=WRITE_TOKEN).model_info("me/secret").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(token=False).model_info("me/secret")  # anonymous visitors do not see it

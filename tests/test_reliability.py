@@ -28,10 +28,11 @@ STEPS = 6
 
 
 def config_for(output_dir: Path, **trainer) -> ScionConfig:
-    """Gradient accumulation 2 and LoRA dropout on, so RNG and accumulation are part of what must match."""
+    """Gradient accumulation 2 and LoRA dropout on, so RNG and accumulation are part of what must match.
+    Three saves (steps 2, 4, 6) against a limit of two, so rotation has something to delete."""
     settings = dict(output_dir=str(output_dir), max_steps=STEPS, batch_size=2, gradient_accumulation_steps=2,
                     learning_rate=1e-2, precision=Precision.fp32, logging_steps=1,
-                    save_steps=2, save_total_limit=3, seed=7)
+                    save_steps=2, save_total_limit=2, seed=7)
     settings.update(trainer)
     return ScionConfig(
         model=ModelConfig(name_or_path="tiny:qwen2"),
@@ -119,8 +120,9 @@ def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(straight,
 
 
 def test_rotation_keeps_the_newest_complete_checkpoints(straight):
+    # The straight run saved at steps 2, 4 and 6 with save_total_limit=2: the oldest must be gone.
     names = sorted(p.name for p in (straight / "checkpoints").glob("checkpoint-*"))
-    assert names == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert names == ["checkpoint-4", "checkpoint-6"]
     assert all((straight / "checkpoints" / n / MARKER).is_file() for n in names)
 
 
@@ -141,7 +143,7 @@ def test_rotation_with_limit_one_never_leaves_zero(tmp_path):
 
 # ---- 3. preemption ------------------------------------------------------------------------
 class Training:
-    """train.py in a subprocess, with its stderr collected by a thread so the test can watch it."""
+    """train.py in a subprocess, with its stdout and stderr collected by a thread so the test can watch them."""
 
     def __init__(self, tmp_path: Path, run_dir: Path, steps: int):
         import threading
@@ -149,25 +151,29 @@ class Training:
         args = ["recipe=quickstart", f"trainer.output_dir={run_dir}", f"trainer.max_steps={steps}", "trainer.save_steps=1000",
                 "trainer.logging_steps=1", "trainer.batch_size=2", "data.eval=null", "data.max_length=64"]
         self.process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=tmp_path, text=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.stderr: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.stderr.extend(iter(lambda: self.process.stderr.read(256), "")))
+        self.output: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.output.extend(iter(lambda: self.process.stdout.read(1), "")))
         self.reader.start()
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        """Block until `text` shows in the output (stdout and stderr together)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.process.poll() is None:
+            if text in "".join(self.output):
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"never saw {text!r}: {''.join(self.output)[-2000:]}")
 
     def wait_until_training(self, timeout: float = 300) -> None:
         """Block until the progress bar shows a logged loss (training is under way)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.process.poll() is None:
-            if "loss=" in "".join(self.stderr):
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"training never started: {''.join(self.stderr)[-2000:]}")
+        self.wait_for("loss=", timeout)
 
     def finish(self, timeout: float = 300) -> str:
         self.process.wait(timeout=timeout)
         self.reader.join(timeout=30)
-        return "".join(self.stderr)
+        return "".join(self.output)
 
 
 def test_sigterm_checkpoints_at_the_step_boundary_exits_75_and_resumes(tmp_path):
@@ -196,30 +202,93 @@ def test_sigterm_checkpoints_at_the_step_boundary_exits_75_and_resumes(tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["metrics"]["global_step"] == step + 2
 
 
+@pytest.mark.slow
+def test_sigint_checkpoints_and_exits_75_like_sigterm(tmp_path):
+    run_dir = tmp_path / "run"
+    training = Training(tmp_path, run_dir, steps=400)
+    training.wait_until_training()
+    training.process.send_signal(signal.SIGINT)
+    output = training.finish()
+    assert training.process.returncode == 75, (training.process.returncode, output[-2000:])
+    assert "received SIGINT" in output and "stopped: preempted at step" in output and "KeyboardInterrupt" not in output
+    saved = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / MARKER).is_file()]
+    assert len(saved) == 1 and not (run_dir / "run.json").exists()
+
+
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_without_damage(tmp_path):
+    """The second signal is sent only once the first was handled, so the two are never merged into one."""
     run_dir = tmp_path / "run"
     training = Training(tmp_path, run_dir, steps=400)
     training.wait_until_training()
     training.process.send_signal(signal.SIGTERM)
+    training.wait_for("received SIGTERM")
     training.process.send_signal(signal.SIGTERM)
-    training.finish()
-    assert training.process.returncode in (75, 128 + signal.SIGTERM)
+    output = training.finish()
+    assert training.process.returncode == 128 + signal.SIGTERM, (training.process.returncode, output[-2000:])
+    assert "stopped: preempted" not in output
     for checkpoint in (run_dir / "checkpoints").glob("checkpoint-*"):
         assert (checkpoint / MARKER).is_file(), f"{checkpoint} is incomplete but in place"
 
 
 # ---- 4. changed config ----------------------------------------------------------------------
-def test_resume_refuses_each_changed_setting_unless_allowed(tmp_path):
-    from train.checkpoints import check_resume_config, commit_checkpoint
+def unfinished_copy_of(straight: Path, run_dir: Path, step: int = 4) -> Path:
+    """A run directory holding only the straight run's checkpoint-<step>: an unfinished run to resume."""
+    shutil.copytree(straight / "checkpoints" / f"checkpoint-{step}", run_dir / "checkpoints" / f"checkpoint-{step}")
+    return run_dir
 
-    saved = {"trainer.batch_size": 2, "peft.r": 4, "data.fingerprints": ["abc"], "base_revision": "x"}
-    staged = tmp_path / STAGING / "checkpoint-2"
-    staged.mkdir(parents=True)
-    commit_checkpoint(staged, tmp_path / "checkpoint-2", {"step": 2, "resume_fingerprint": saved})
-    for key, value in (("trainer.batch_size", 4), ("peft.r", 8), ("data.fingerprints", ["def"]), ("base_revision", "y")):
-        with pytest.raises(ScionError, match=f"{key}: "):
-            check_resume_config(tmp_path / "checkpoint-2", {**saved, key: value}, allow_change=False)
-        check_resume_config(tmp_path / "checkpoint-2", {**saved, key: value}, allow_change=True)
+
+@pytest.mark.slow
+def test_resume_refuses_each_changed_setting_unless_allowed(straight, tmp_path, capsys):
+    """Against the fingerprint train() itself recorded in the checkpoint, not one built by the test."""
+    from train.run import train
+
+    run_dir = unfinished_copy_of(straight, tmp_path / "run")
+    other_data = write_jsonl(tmp_path / "other.jsonl", [json.loads(line) for line in DATA.read_text().splitlines()[:40]])
+    changes = {
+        "trainer.batch_size": lambda c: setattr(c.trainer, "batch_size", 4),
+        "peft.r": lambda c: setattr(c.peft, "r", 8),
+        "data.fingerprints": lambda c: setattr(c.data, "train", str(other_data)),
+        "base": lambda c: setattr(c.model, "name_or_path", "tiny:qwen3"),
+        "base_revision": lambda c: setattr(c.model, "revision", "v2"),
+    }
+    for key, change in changes.items():
+        config = config_for(run_dir)
+        change(config)
+        with pytest.raises(ScionError, match=rf"the config changed since checkpoint-4 \({key}: "):
+            train(config)
+    assert not (run_dir / "run.json").exists()
+
+    # Allowed: the run resumes (with a warning naming the difference) and continues the same steps.
+    config = config_for(run_dir)
+    config.model.revision, config.trainer.allow_config_change = "v2", True
+    capsys.readouterr()
+    train(config)
+    out = capsys.readouterr().out
+    assert "warning: resuming checkpoint-4 with a changed config: base_revision: None -> 'v2'" in out
+    assert f"resuming from {run_dir / 'checkpoints' / 'checkpoint-4'}" in out
+    assert json.loads((run_dir / "run.json").read_text())["base"]["revision"] == "v2"
+    assert_same_run(run_dir, straight)  # only the label changed, so the steps are the straight run's
+
+
+@pytest.mark.slow
+def test_resume_never_refuses_checkpoints_and_resume_path_picks_that_checkpoint(straight, tmp_path):
+    from train.run import train
+
+    run_dir = unfinished_copy_of(straight, tmp_path / "run")
+    with pytest.raises(ScionError, match="holds checkpoints of an unfinished run and trainer.resume=never"):
+        train(config_for(run_dir, resume="never"))
+
+    # A checkpoint path (here another run's) is resumed even though the output directory is empty.
+    elsewhere = tmp_path / "elsewhere"
+    result = train(config_for(elsewhere, resume=str(straight / "checkpoints" / "checkpoint-4")))
+    assert_same_run(elsewhere, straight)
+    # tokens/s of a resumed run counts only the steps it ran (5 and 6), over its own training loop.
+    history = json.loads((straight / "run.json").read_text())["log_history"]
+    seen = {entry["step"]: entry["num_input_tokens_seen"] for entry in history if "loss" in entry}
+    metrics = result.run["metrics"]
+    assert metrics["tokens_seen"] == seen[6]
+    assert metrics["tokens_per_second"] == pytest.approx((seen[6] - seen[4]) / result.run["log_history"][-1]["train_runtime"], rel=0.01)
 
 
 def test_resume_fingerprint_covers_every_setting_that_changes_the_steps(tmp_path):

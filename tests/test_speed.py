@@ -142,31 +142,48 @@ def test_varlen_attention_matches_sdpa_on_a_packed_row():
     torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-6)
 
 
+def causal_attention_per_example(q, k, v, cu, scale, causal=True):
+    """(tokens, heads, dim) attention of each example alone with plain sdpa, K/V heads repeated to the query heads."""
+    outs = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        groups = q.shape[1] // k.shape[1]
+        qs, ks, vs = (x[a:b].transpose(0, 1) for x in (q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)))
+        outs.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale).transpose(0, 1))
+    return torch.cat(outs)
+
+
 def test_varlen_kernel_call_follows_the_signature_of_this_torch():
     """torch 2.11 (no enable_gqa, causal as window_size), 2.13 (enable_gqa) and a later is_causal.
 
     K/V always reach the kernel with their own 2 heads, never repeated up to the 4 query heads:
-    FlashAttention's varlen kernel groups them natively (repeating saves 4-8x K/V for backward)."""
+    FlashAttention's varlen kernel groups them natively (repeating costs 4-8x K/V memory for backward).
+    The stand-in kernel does what torch's varlen_attn does with the arguments it gets (causal only when
+    told; where the signature has enable_gqa, grouped K/V heads only with it); the result must be plain
+    causal attention of each example alone, computed here with sdpa."""
     calls = []
 
-    def fake_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **kwargs):
+    def varlen_attn_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **kwargs):
         calls.append((k.shape[1], kwargs))
-        return attention._varlen_by_example(q, k, v, cu_q, scale, 0.0)
+        assert torch.equal(cu_q, cu_k) and max_q == max_k == 7
+        if "enable_gqa" in signature:  # torch 2.13+ checks the flag in Python before the same kernel
+            assert kwargs.get("enable_gqa") or k.shape[1] == q.shape[1], "grouped K/V heads without enable_gqa"
+        causal = kwargs.get("is_causal", False) or kwargs.get("window_size") == (-1, 0)
+        return causal_attention_per_example(q, k, v, cu_q, scale, causal=causal)
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(12, 4, 8, generator=g), torch.randn(12, 2, 8, generator=g), torch.randn(12, 2, 8, generator=g)
     cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    expected = causal_attention_per_example(q, k, v, cu, 8**-0.5)
     base = {"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "scale", "window_size"}
-    outs = []
-    for params, expected in [
+    for params, call in [
         (base, (2, {"window_size": (-1, 0)})),  # torch 2.11: no flag, the kernel takes the K/V heads as they are
         (base | {"enable_gqa"}, (2, {"enable_gqa": True, "window_size": (-1, 0)})),
         (base | {"enable_gqa", "is_causal"}, (2, {"enable_gqa": True, "is_causal": True})),
     ]:
-        outs.append(attention._varlen_cuda(fake_varlen_attn, frozenset(params), q, k, v, cu, 7, 8**-0.5))
-        assert calls[-1] == expected
-    torch.testing.assert_close(outs[0], outs[1])
-    torch.testing.assert_close(outs[1], outs[2])
+        signature = params
+        out = attention._varlen_cuda(varlen_attn_stand_in, frozenset(params), q, k, v, cu, 7, 8**-0.5)
+        assert calls[-1] == call
+        torch.testing.assert_close(out, expected)
 
 
 def test_varlen_attention_leaves_padded_and_cached_calls_to_sdpa(tiny_qwen2_dir, qwen2_5_tokenizer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -29,14 +30,15 @@ def tiny_config(output_dir, method=PeftMethod.lora, steps=3, **trainer) -> Scion
 
 def test_train_py_leaves_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
-    result = run_script("train.py", "recipe=quickstart", "trainer.max_steps=4", "trainer.save_steps=2",
+    result = run_script("train.py", "recipe=quickstart", "trainer.max_steps=4", "trainer.save_steps=1",
                         "trainer.logging_steps=1", f"trainer.output_dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     adapter = out / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert (adapter / name).is_file(), name
     assert not (adapter / "README.md").exists()
-    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # four saves, save_total_limit=2 (the default): rotation deleted the two oldest
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
 
     run = json.loads((out / "run.json").read_text())
     assert run["recipe"] == "quickstart"
@@ -60,6 +62,12 @@ def test_train_py_leaves_a_complete_run_directory(tmp_path):
     for noise in ("gemm_4bit_forward", "kernels-community", "Warning:", "Using default tokenizer", "Loading weights",
                   "Writing model shards"):
         assert noise not in console, noise
+    # The fine-tune was evaluated against its base at the end: results, samples and both plots.
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["metrics"]["loss"]["finetune"] == pytest.approx(run["metrics"]["eval_loss"], rel=1e-3)
+    assert (out / "eval" / "samples.jsonl").read_text().strip()
+    for plot in ("loss_curves.png", "metrics.png"):
+        assert (out / "eval" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
 
     # recipe.yaml is the full resolved config, and re-running from it works.
     saved = OmegaConf.load(out / "recipe.yaml")
@@ -234,3 +242,74 @@ def test_cpu_trained_positions_loss_equals_trls_fused_loss(tiny_qwen2_dir, paddi
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     for mine, ref in zip(ours_grads, [p.grad for p in model.parameters() if p.requires_grad]):
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-7)
+
+
+def chat_rows(n: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": str(2 * i)}]}
+            for i in range(n)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_tokens_seen_and_tokens_per_second_count_the_data_and_the_training_time(tmp_path, tiny_qwen2_dir, qwen2_5_tokenizer,
+                                                                                      packing):
+    """One epoch of 4 short chats: tokens seen must be exactly their prompt + trained tokens, counted here
+    with the tokenizer's own chat template; the seconds are the training loop's (transformers' own timer)."""
+    from train.run import train
+
+    rows = chat_rows(4)
+    data = write_jsonl(tmp_path / "chats.jsonl", rows)
+    expected_tokens = sum(len(qwen2_5_tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+                          for r in rows)
+    config = tiny_config(tmp_path / "run", steps=-1, packing=packing)
+    config.data.train, config.data.eval, config.trainer.batch_size, config.trainer.save_steps = str(data), None, 2, 1000
+    result = train(config)
+    run = result.run
+    metrics, history = run["metrics"], run["log_history"]
+    assert metrics["tokens_seen"] == expected_tokens
+    assert run["speed"]["packing"] is packing and run["speed"]["padding_free"] is packing
+    assert all(math.isfinite(entry["loss"]) for entry in history if "loss" in entry)
+    # The seconds are training's: within transformers' own timer of the training loop (which starts after
+    # loading and trainer setup), and tokens/s is this run's tokens over them.
+    loop_seconds = history[-1]["train_runtime"]
+    assert 0 < metrics["train_seconds"] <= loop_seconds + 0.01
+    assert metrics["tokens_this_run"] == expected_tokens
+    assert metrics["tokens_per_second"] == pytest.approx(expected_tokens / metrics["train_seconds"], rel=0.01)
+    # MFU counts what is computed: 4x the weights in matrix products for every token (no weight gradients for
+    # the frozen base), counted here from the model's own Linear layers (q,k,v,o,gate,up,down), and the lm_head
+    # only for the positions that have a label (the data's trained tokens).
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    linear_weights = sum(m.weight.numel() for m in plain.modules() if isinstance(m, torch.nn.Linear))
+    head = plain.lm_head.weight.numel()
+    trained = run["data"]["stats"]["train"]["trained_tokens"]
+    expected_flops = 4 * (linear_weights - head) * expected_tokens + 4 * head * trained
+    assert metrics["model_flops_per_token"] == pytest.approx(expected_flops / expected_tokens, rel=1e-6)
+    assert metrics["mfu"] is None and metrics["peak_flops"] is None  # no known peak on a CPU: no made-up MFU
+
+
+@pytest.mark.slow
+def test_dora_trains_and_reloads_and_eval_enabled_false_skips_evaluation(tmp_path, tiny_qwen2_dir, capsys):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from train.run import train
+
+    config = tiny_config(tmp_path / "run", method=PeftMethod.dora, steps=2)
+    config.eval.enabled, config.trainer.save_steps = False, 1000
+    result = train(config)
+    tensors = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
+    magnitudes = [name for name in tensors if "lora_magnitude_vector" in name]
+    assert len(magnitudes) == 2 * 7  # one per adapted projection: 7 per layer, 2 layers
+    assert json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+    assert math.isfinite(result.run["metrics"]["train_loss"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, result.run_dir / "adapter").eval()
+    ids = torch.tensor([[151644, 872, 198, 9707, 151645, 198, 151644, 77091, 198]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    # The eval split exists, but eval.enabled=false: no base-vs-fine-tune evaluation ran.
+    assert not (result.run_dir / "eval").exists() and "eval_loss" in result.run["metrics"]
+    assert "held-out examples from" not in capsys.readouterr().out

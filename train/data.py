@@ -60,6 +60,7 @@ EMPTY_THINK = "<think>\n\n</think>\n\n"
 class Row:
     data: dict[str, Any]
     where: str  # "path:line" or "hub-id[split] row N", for error messages
+    error: str | None = None  # why the row could not be read (reported with the other bad rows)
 
 
 @dataclass
@@ -106,8 +107,8 @@ def _read_json_file(path: Path) -> list[Row]:
             continue
         try:
             rows.append(Row(json.loads(line), f"{path}:{lineno}"))
-        except json.JSONDecodeError as e:
-            raise ScionError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+        except json.JSONDecodeError as e:  # kept as a bad row, so the file's other bad rows are reported too
+            rows.append(Row(None, f"{path}:{lineno}", error=f"invalid JSON: {e.msg}"))
     return rows
 
 
@@ -165,7 +166,11 @@ def read_rows(source: str, split: str, key: str, revision: str | None = None) ->
 # ---------------------------------------------------------------------------------------------
 # Rows to checked chat messages
 # ---------------------------------------------------------------------------------------------
-def detect_format(row: Row) -> DataFormat:
+def detect_format(rows: list[Row]) -> DataFormat:
+    """The format of a file, from its first row that could be read."""
+    row = next((r for r in rows if r.error is None), rows[0])
+    if row.error is not None:
+        raise ScionError(f"{row.where}: {row.error}")
     if not isinstance(row.data, dict):
         raise ScionError(f"{row.where}: expected a JSON object per row, got {type(row.data).__name__}")
     keys = set(row.data)
@@ -221,6 +226,8 @@ def content_text(content: Any, index: int, where: str) -> str:
 
 
 def to_messages(row: Row, fmt: DataFormat) -> list[dict[str, str]]:
+    if row.error is not None:
+        raise ScionError(f"{row.where}: {row.error}")
     data = row.data
     if not isinstance(data, dict):
         raise ScionError(f"{row.where}: expected a JSON object per row, got {type(data).__name__}")
@@ -278,15 +285,52 @@ def control_tokens(tokenizer) -> list[str]:
 
 
 def render_conversation(messages, tokenizer, controls, where: str) -> str:
-    """The conversation as the chat template renders it, after refusing control-token text in content."""
+    """The conversation as the chat template renders it, after refusing control-token text in content
+    and text that is not valid Unicode."""
     for i, m in enumerate(messages):
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON may escape half of a UTF-16 pair ("\ud800"); no tokenizer takes it
+            raise ScionError(f"{where}: message {i} ({m['role']}) is not valid Unicode text: it holds a lone surrogate "
+                             f"{m['content'][e.start]!r} at character {e.start}") from None
         for token in controls:
             if token in m["content"]:
                 raise ScionError(
                     f"{where}: message {i} ({m['role']}) contains the control token text {token!r}; "
                     "it would be read as a real control token, so such rows are rejected"
                 )
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as e:  # the template itself refused the conversation (raise_exception in Jinja)
+        raise ScionError(f"{where}: the chat template cannot render this row: {_first_line(e)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _encode(tokenizer, texts: list[str], wheres: list[str], offsets: bool) -> list:
+    """Each text's encoding (input_ids, offsets or None), or the ScionError of a text the tokenizer refused.
+
+    One batch call (spread over the CPU cores by the fast tokenizer); if it fails, the texts are
+    encoded one by one so that only the rows at fault are reported.
+    """
+    def encode(batch):
+        encoding = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=offsets)
+        return [(ids, encoding["offset_mapping"][n] if offsets else None) for n, ids in enumerate(encoding["input_ids"])]
+
+    try:
+        return encode(texts)
+    except Exception:
+        pass
+    results = []
+    for text, where in zip(texts, wheres):
+        try:
+            results.append(encode([text])[0])
+        except Exception as e:
+            results.append(ScionError(f"{where}: the tokenizer cannot encode this row: {_first_line(e)}"))
+    return results
 
 
 def has_reasoning(message: dict) -> bool:
@@ -357,16 +401,18 @@ def tokenize_conversations(conversations, tokenizer, assistant_only_loss: bool, 
             results[i] = e
     if not texts:
         return results
-    encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=assistant_only_loss)
+    encodings = _encode(tokenizer, texts, [wheres[i] for i in positions], assistant_only_loss)
     for n, i in enumerate(positions):
-        input_ids = encoding["input_ids"][n]
+        if isinstance(encodings[n], ScionError):
+            results[i] = encodings[n]
+            continue
+        input_ids, offsets = encodings[n]
         if not assistant_only_loss:
             results[i] = (input_ids, list(input_ids))
             continue
         turns = sum(m["role"] == "assistant" for m in conversations[i])
         try:
-            results[i] = (input_ids, assistant_labels(texts[n], input_ids, encoding["offset_mapping"][n], turns, wheres[i],
-                                                      heads))
+            results[i] = (input_ids, assistant_labels(texts[n], input_ids, offsets, turns, wheres[i], heads))
         except ScionError as e:
             results[i] = e
     return results
@@ -403,6 +449,8 @@ def tokenize_rows(rows: list[Row], fmt: DataFormat, tokenizer, cfg: DataConfig, 
                 parsed.append(conversation(row, fmt, cfg))
             except ScionError as e:
                 parsed.append(e)
+            except Exception as e:  # a shape no check foresaw (e.g. a list as role): still this row's one line
+                parsed.append(ScionError(f"{row.where}: cannot read this row: {_first_line(e)}"))
         good = [i for i, messages in enumerate(parsed) if not isinstance(messages, ScionError)]
         encoded = dict(zip(good, tokenize_conversations([parsed[i] for i in good], tokenizer, cfg.assistant_only_loss,
                                                         [chunk[i].where for i in good], controls)))

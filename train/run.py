@@ -14,6 +14,7 @@ themselves after training.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -381,7 +382,6 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     # A checkpoint holds the adapter (fp32) plus two AdamW moments: ~12 bytes per trainable weight.
     keep = max(config.trainer.save_total_limit or 1, 1)
     distributed.on_main(lambda: check_free_space(run_dir, int(trainable * 12 * (keep + 1) + trainable * 4 + 64 * 2**20)))
-    loaded = time.time()
 
     # ---- Train.
     args = sft_args(config, run_dir, device, data.eval is not None, distributed_kwargs(config, model),
@@ -417,6 +417,7 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     preemption.install()
+    train_started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
@@ -477,8 +478,8 @@ def _train_in(run_dir, resume_from, config, base, tokenizer, data, device, start
             "started_at": started_at,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "preflight_seconds": round(data_done - started, 2),
-            "load_seconds": round(loaded - data_done, 2),
-            "train_seconds": round(trained - loaded, 2),
+            "load_seconds": round(train_started - data_done, 2),  # the model, the adapter and the trainer
+            "train_seconds": round(trained - train_started, 2),
             "total_seconds": round(finished - started, 2),
         },
     }
