@@ -212,7 +212,7 @@ def test_two_local_formats_and_a_hub_dataset_train_evaluate_and_reach_the_card(t
     from train.data import file_sha256
     from publish.license import License
     from train.config import DerivativeKind, EvalConfig, ModelConfig, PeftConfig, Precision, ScionConfig, TrainerConfig
-    from train.run import train
+    from pipeline import run_pipeline
 
     chats, share = two_files
     # `datasets` copies the endpoint when first imported, which earlier tests may have done.
@@ -233,7 +233,7 @@ def test_two_local_formats_and_a_hub_dataset_train_evaluate_and_reach_the_card(t
         eval=EvalConfig(max_new_tokens=4, batch_size=8, num_samples=1),
         recipe_name="mix",
     )
-    result = train(config)
+    result = run_pipeline(config)  # train, then evaluate against the base
     sources = result.run["data"]["sources"]
     hub = next(s for s in sources if s["source"] == "scion-test/pc" and s["role"] == "train")
     assert (hub["commit"], hub["format"], hub["rows"]) == (commit, "prompt_completion", 5)

@@ -72,7 +72,7 @@ def test_lora_on_real_weights_learns_the_task_and_every_published_kind_answers_a
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from train.run import train
+    from pipeline import run_pipeline
 
     config = ScionConfig(
         model=ModelConfig(name_or_path=str(smollm2_dir), hub_id=HUB_ID),
@@ -85,7 +85,7 @@ def test_lora_on_real_weights_learns_the_task_and_every_published_kind_answers_a
                               DerivativeKind.gguf], gguf_types=["f16", "q8_0"], dry_run=True),
         recipe_name="smollm2_sentiment",
     )
-    result = train(config)
+    result = run_pipeline(config)  # train, evaluate, report (and publish when configured)
     run_dir = result.run_dir
 
     # Exact match: the base answers in sentences, the fine-tune in the one word asked for.

@@ -342,8 +342,8 @@ def test_nan_gradient_stops_before_the_optimizer_step(tmp_path, monkeypatch):
 
     add_adapter = run_module.add_adapter
 
-    def poisoned(model, peft):
-        model = add_adapter(model, peft)
+    def poisoned(model, *args):
+        model = add_adapter(model, *args)
         lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
         lora_b.register_hook(lambda grad: grad * float("inf"))
         return model

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # one short training with evaluation, a merge and
 def published(tmp_path_factory, tiny_qwen2_dir):
     """A short run with evaluation on 25 held-out examples, then a dry-run publish of all three kinds."""
     from publish.run import publish_run
-    from train.run import train
+    from pipeline import run_pipeline
 
     folder = tmp_path_factory.mktemp("report")
     rows = [json.loads(line) for line in (REPO_ROOT / "data/quickstart/eval.jsonl").read_text().splitlines()[:24]]
@@ -42,7 +42,7 @@ def published(tmp_path_factory, tiny_qwen2_dir):
         eval=EvalConfig(max_new_tokens=4, batch_size=32),
         recipe_name="report-test",
     )
-    result = train(config)
+    result = run_pipeline(config)  # train, evaluate, report (and publish when configured)
     assert (result.run_dir / "report.html").is_file()  # training writes it, after its evaluation
     publish_run(result.run_dir, PublishConfig(repo_id="me/report", kinds=[DerivativeKind(k) for k in KINDS],
                                               gguf_types=["q8_0"], dry_run=True))

@@ -233,7 +233,7 @@ def test_cpu_trained_positions_loss_equals_trls_fused_loss(tiny_qwen2_dir, paddi
         device = torch.device("cpu")
 
     trainer = type("T", (), {"args": CpuArgs()})()
-    ours = ScionTrainer.compute_loss(trainer, model, inputs, num_items_in_batch=torch.tensor(10))
+    ours = ScionTrainer.trained_positions_loss(trainer, model, inputs, num_items_in_batch=torch.tensor(10))
     ours.backward()
     ours_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad()
@@ -295,11 +295,11 @@ def test_dora_trains_and_reloads_and_eval_enabled_false_skips_evaluation(tmp_pat
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from train.run import train
+    from pipeline import run_pipeline
 
     config = tiny_config(tmp_path / "run", method=PeftMethod.dora, steps=2)
     config.eval.enabled, config.trainer.save_steps = False, 1000
-    result = train(config)
+    result = run_pipeline(config)  # the pipeline decides whether to evaluate
     tensors = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
     magnitudes = [name for name in tensors if "lora_magnitude_vector" in name]
     assert len(magnitudes) == 2 * 7  # one per adapted projection: 7 per layer, 2 layers
