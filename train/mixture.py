@@ -183,7 +183,7 @@ def read_source(spec: SourceSpec, role: str, specs: list[SourceSpec]) -> tuple[l
         raise ScionError(f"{spec.key}: {spec.path} is empty")
     if spec.max_rows is not None:
         rows = rows[: spec.max_rows]
-    fmt = spec.format if spec.format != DataFormat.auto else detect_format(rows[0])
+    fmt = spec.format if spec.format != DataFormat.auto else detect_format(rows)
     provenance = dict(provenance, role=role, key=spec.key, name=display_name(spec), format=fmt.value,
                       weight=spec.weight, max_rows=spec.max_rows)
     if provenance.get("source") and "sha256" not in provenance:  # a Hub dataset: keep its split
