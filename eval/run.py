@@ -31,7 +31,7 @@ from eval.report import (
     format_table, plot_loss_curves, plot_metrics, warnings_for, write_results, write_samples,
 )
 from eval.scoring import LossResult, assistant_loss, decoding_settings, encode_for_loss, generate_all, inference_mode
-from train.config import EvalConfig, ScionConfig
+from train.config import EvalConfig, PeftMethod, ScionConfig
 from train.console import quiet_console
 from train.errors import ScionError
 from train.run import package_versions

@@ -40,7 +40,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from train.config import LOCAL_SUFFIXES, DataConfig, DataFormat, Truncation, looks_like_path
 from train.errors import ScionError

@@ -14,12 +14,10 @@ themselves after training.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
