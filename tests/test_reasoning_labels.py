@@ -98,7 +98,7 @@ def test_data_report_counts_rows_with_reasoning(tokenizer, tmp_path):
     import json
 
     from train.config import DataConfig
-    from train.data import prepare_data
+    from train.mixture import prepare_data
 
     rows = [
         {"messages": [{"role": "user", "content": f"q{i}"},

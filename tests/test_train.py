@@ -54,7 +54,7 @@ def test_train_py_leaves_a_complete_run_directory(tmp_path):
     assert "loss=" in result.stderr and "tok/s=" in result.stderr
     assert "data[train]: 320 examples" in result.stdout
     assert f"4 steps, train loss {run['metrics']['train_loss']:.4f}, eval loss" in result.stdout
-    assert run["command"] == f"python train.py recipe=quickstart trainer.max_steps=4 trainer.save_steps=2 " \
+    assert run["command"] == f"python train.py recipe=quickstart trainer.max_steps=4 trainer.save_steps=1 " \
                              f"trainer.logging_steps=1 trainer.output_dir={out}"
     # A quiet console: no notice about a 4-bit kernel nothing uses, no Python warning (such as
     # transformers' FutureWarnings on checkpointing names), no library INFO lines, no loading bars.
@@ -274,7 +274,8 @@ def test_tokens_seen_and_tokens_per_second_count_the_data_and_the_training_time(
     loop_seconds = history[-1]["train_runtime"]
     assert 0 < metrics["train_seconds"] <= loop_seconds + 0.01
     assert metrics["tokens_this_run"] == expected_tokens
-    assert metrics["tokens_per_second"] == pytest.approx(expected_tokens / metrics["train_seconds"], rel=0.01)
+    seconds = metrics["train_seconds"]  # rounded to 0.01 s in run.json
+    assert expected_tokens / (seconds + 0.006) <= metrics["tokens_per_second"] <= expected_tokens / max(seconds - 0.006, 1e-3)
     # MFU counts what is computed: 4x the weights in matrix products for every token (no weight gradients for
     # the frozen base), counted here from the model's own Linear layers (q,k,v,o,gate,up,down), and the lm_head
     # only for the positions that have a label (the data's trained tokens).
