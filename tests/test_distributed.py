@@ -114,7 +114,7 @@ def test_two_processes_train_what_one_process_trains(two_processes, one_process)
     assert output.count("run directory:") == 1 and output.count("done in") == 1 and output.count("global batch:") == 1
     assert output.count("data[train]:") == 1 and output.count("model: tiny:qwen2") == 1
     assert "global batch: 4 = batch_size 1 x gradient_accumulation_steps 2 x 2 processes (ddp)" in output
-    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "adapter", "checkpoints", "recipe.yaml", "run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "adapter", "checkpoints", "recipe.yaml", "report.html", "run.json"]
     checkpoints = run_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     # Each rank's RNG state is in the checkpoint (written by its own rank) before it was marked complete.
@@ -242,12 +242,15 @@ def test_fsdp2_sharded_adapter_is_saved_whole(fsdp_saved, method):
 
 def test_speed_summary_gives_the_total_and_each_devices_share():
     """tokens/s is the job's total; MFU is per device: 8 H100s at 800,000 tok/s in total run 100,000 each."""
-    from train.throughput import model_flops_per_token, run_speed_summary
+    from train.throughput import matmul_params, run_speed_summary
     from train.tiny import QWEN_ARCHITECTURES, tiny_config
 
     arch, sizes = QWEN_ARCHITECTURES["Qwen/Qwen2.5-0.5B-Instruct"]
     config = tiny_config(arch, **sizes)
-    summary = run_speed_summary(8_000_000, 10.0, config, "NVIDIA H100 80GB HBM3", world_size=8)
+    # 8 processes trained 8M tokens in all in 10 s; this process's 1M tokens had 300k labelled positions.
+    summary = run_speed_summary(8_000_000, 300_000, 10.0, config, "NVIDIA H100 80GB HBM3", world_size=8)
     assert summary["tokens_per_second"] == 800_000.0 and summary["tokens_per_second_per_device"] == 100_000.0
-    per_device = 100_000.0 * model_flops_per_token(config) / 989e12
+    head = config.vocab_size * config.hidden_size
+    device_flops = 4 * (matmul_params(config) - head) * 1_000_000 + 4 * head * 300_000
+    per_device = device_flops / 10.0 / 989e12
     assert 0.1 < per_device < 1 and summary["mfu"] == round(per_device, 4)
