@@ -170,7 +170,11 @@ class ScionTrainer(SFTTrainer):
     def sync_counts(self) -> None:
         """Fold the device-side counts into the state and check the losses: at log, eval, save and the end."""
         self.check_finite()
-        if not isinstance(self._pending_tokens, int) or self._pending_tokens:
+        if self.accelerator.num_processes > 1:  # the state counts every process's tokens, as transformers' does
+            pending = torch.as_tensor(self._pending_tokens, device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(pending).sum())
+            self._pending_tokens = 0
+        elif not isinstance(self._pending_tokens, int) or self._pending_tokens:
             self.state.num_input_tokens_seen += int(self._pending_tokens)
             self._pending_tokens = 0
 
