@@ -171,7 +171,7 @@ def step_train_e2e(dry: bool, work: Path) -> None:
     proc = run(cmd, env=env)
     run_json = json.loads((out / "run.json").read_text())
     metrics = run_json["metrics"]
-    published = sorted(p.name for p in (out / "publish").glob("[!.]*")) if (out / "publish").is_dir() else []
+    published = sorted(p.name for p in (out / "publish").glob("[!.]*") if p.is_dir()) if (out / "publish").is_dir() else []
     results = json.loads((out / "eval" / "results.json").read_text()) if (out / "eval" / "results.json").is_file() else None
     emit({"part": "resume+eval+publish", "resumed": "resuming from" in proc.stdout, "global_step": metrics["global_step"],
           "tokens_per_second": metrics.get("tokens_per_second"), "mfu": metrics.get("mfu"),
