@@ -497,6 +497,53 @@ def test_train_applies_the_checkpointing_policy_it_reports(tiny_qwen2_dir):
     assert applied(1 * gib) == ("none", False)
 
 
+def saved_activation_bytes_per_token(model_dir, policy, tokens=256):
+    """Bytes per token of the tensors autograd saves for backward inside the decoder layers during one
+    bf16 LoRA training forward pass (all seven projections adapted, sdpa attention, the CPU).
+
+    A saved_tensors_hooks pack hook sees every tensor autograd keeps; a forward pre/post hook on each
+    decoder layer turns counting on only while a layer runs, so the embedding, the final norm and the
+    151,936-row head and its loss stay out. Tensors sharing a storage (views) count once, at their
+    largest size; the frozen and LoRA weights (saved by every matmul) are not activations and are left out.
+    """
+    model = lora_model(model_dir).to(torch.bfloat16)
+    activation_checkpointing.enable_checkpointing(model, policy)
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+    inside_layer = [False]
+    for layer in model.get_base_model().model.layers:
+        layer.register_forward_pre_hook(lambda module, args: inside_layer.__setitem__(0, True))
+        layer.register_forward_hook(lambda module, args, output: inside_layer.__setitem__(0, False))
+
+    def pack(t):
+        storage = t.untyped_storage().data_ptr()
+        if inside_layer[0] and storage not in weights:
+            saved[storage] = max(saved.get(storage, 0), t.numel() * t.element_size())
+        return t
+
+    ids = torch.randint(0, 151000, (1, tokens), generator=torch.Generator().manual_seed(0))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    return sum(saved.values()) / tokens, model.config
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_activation_estimate_is_on_the_safe_side_of_what_autograd_saves(arch, request):
+    """The estimate that trainer.checkpointing=auto trusts, against a measurement: without checkpointing
+    the decoder layers' part of activation_bytes_per_token (layers x per-layer; the CPU has no Liger, so
+    its unfused-kernel terms) is at least the bytes autograd really saves per token, and not more than
+    3x that. Full checkpointing saves far less: the measured bytes fall to each layer's bf16 input."""
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    measured_none, config = saved_activation_bytes_per_token(model_dir, "none")
+    measured_full, _ = saved_activation_bytes_per_token(model_dir, "full")
+    head_term = 8 * config.hidden_size  # the estimate's loss term, outside the layers
+    estimated_layers = activation_checkpointing.activation_bytes_per_token(config, "none", fused_kernels=False) - head_term
+    assert measured_none <= estimated_layers <= 3 * measured_none, (estimated_layers, measured_none)
+    assert measured_full < measured_none / 4, (measured_full, measured_none)
+    assert measured_full == config.num_hidden_layers * config.hidden_size * 2  # one bf16 input per layer
+
+
 @pytest.mark.slow
 def test_training_speed_leaves_out_eval_and_saves_and_the_loop_never_syncs_between_logs(tmp_path, monkeypatch):
     """tokens/s means training tokens per second of training: evaluation and checkpoint saving (made
