@@ -426,8 +426,16 @@ def test_normalized_match_ignores_case_punctuation_and_articles():
 
 
 def test_speed_benchmark_smoke_mode(tmp_path):
-    result = run_script("bench/eval_speed.py", "--smoke", "--work-dir", str(tmp_path), cwd=tmp_path)
+    """The timed evaluation ran on the examples and token budget asked for (not the smoke defaults 4 x 4),
+    and, as the benchmark's worst case promises, a random model never stops: every generation is the full budget."""
+    result = run_script("bench/eval_speed.py", "--smoke", "--examples", "3", "--max-new-tokens", "5",
+                        "--work-dir", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("eval_speed: 4 examples x 4 new tokens") and "base + fine-tune:" in last
-    assert (tmp_path / "run" / "eval" / "results.json").is_file()
+    assert last.startswith("eval_speed: 3 examples x 5 new tokens") and "base + fine-tune:" in last
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert results["data"]["examples"] == 3 and results["decoding"]["max_new_tokens"] == 5
+    samples = [json.loads(line) for line in (tmp_path / "run" / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [s["index"] for s in samples] == [0, 1, 2]
+    assert all(s[side]["tokens"] == 5 for s in samples for side in ("base", "finetune"))
+    assert results["metrics"]["mean_generated_tokens"]["base"] == results["metrics"]["mean_generated_tokens"]["finetune"] == 5.0

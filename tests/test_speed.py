@@ -8,6 +8,8 @@ GPU test here is skipped without CUDA.
 from __future__ import annotations
 
 import json
+import math
+import random
 import subprocess
 import sys
 
@@ -723,4 +725,15 @@ def test_bench_smoke_runs_both_configurations(tmp_path):
     for r in by_config.values():
         assert r["status"] == "ok" and r["tokens_per_s"] > 0 and r["real_tokens"] > 0
     assert by_config["scion"]["vs_stock_tokens_per_s"] > 0
+    # The smoke data as the benchmark documents it: pool of 64 lengths, lognormal(median 24, sigma 0.8)
+    # from random.Random(0), clipped to [8, 64]; stock times step 2 (after 1 warm-up) of 2 consecutive
+    # examples, i.e. examples 2 and 3, whose first 30% (at least 1 token) is prompt.
+    rng = random.Random(0)
+    lengths = [int(min(max(8, rng.lognormvariate(math.log(24), 0.8)), 64)) for _ in range(64)]
+    timed = lengths[2:4]
+    assert by_config["stock"]["real_tokens"] == sum(timed)
+    assert by_config["stock"]["trained_tokens"] == sum(n - max(1, int(n * 0.3)) for n in timed)
+    assert by_config["scion"]["real_tokens"] <= 128  # one packed row of tokens_per_step
+    for r in by_config.values():  # random tiny weights after 2 small steps: near-uniform over the vocabulary
+        assert r["loss"] == pytest.approx(math.log(151936), abs=0.1)
     assert "stock" in result.stdout and "scion" in result.stdout  # the table
