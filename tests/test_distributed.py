@@ -178,7 +178,8 @@ def test_bad_row_under_torchrun_is_one_error_line_and_nothing_written(tmp_path):
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bad.jsonl:3" in errors[0], output[-3000:]
     # The one traceback is torchrun's own report (ChildFailedError); no frame from the ranks' code.
-    assert not re.search(rf'File "{re.escape(str(REPO_ROOT))}/', output)
+    # (A virtual environment inside the checkout, as .ci/run makes, holds torchrun's own frames: not ours.)
+    assert not re.search(rf'File "{re.escape(str(REPO_ROOT))}/(train|eval|publish|report|pipeline)\b', output)
     assert output.count("Traceback") <= 1
     assert re.search(r"exitcode\s*:\s*2", output)
     assert not (tmp_path / "run").exists()
