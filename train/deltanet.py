@@ -143,10 +143,3 @@ def keep_examples_apart(model) -> Optional[str]:
             module.register_forward_pre_hook(_boundaries_pre_hook, with_kwargs=True)
             module._scion_boundary_hook = True
     return None
-
-
-def describe_path(device: str) -> str:
-    """Which kernels keep DeltaNet examples apart on `device` (for the run's log)."""
-    if str(device).startswith("cuda") and fla_kernels() is not None:
-        return "flash-linear-attention varlen kernels"
-    return "one example at a time (torch)"
